@@ -1,0 +1,7 @@
+//! Tailor's ML library: the module catalog, encoders with LoRA, decoders (heads), the
+//! blueprint compiler, training, evaluation and the artifact format of a tuned model.
+//!
+//! It knows nothing of HTTP, SQL or AMQP: it takes bytes and tensors and returns tensors,
+//! metrics and artifact bytes (DESIGN.md §2).
+
+pub mod encoder;
