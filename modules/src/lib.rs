@@ -5,3 +5,4 @@
 //! metrics and artifact bytes (DESIGN.md §2).
 
 pub mod encoder;
+pub mod artifact;
