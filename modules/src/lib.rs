@@ -6,3 +6,7 @@
 
 pub mod encoder;
 pub mod artifact;
+pub mod lora;
+pub mod ops;
+pub mod peft;
+pub mod text;
