@@ -1,1 +1,19 @@
-//! Placeholder until its issue lands.
+//! Shared platform code for Tailor's services: settings, telemetry, Postgres access,
+//! the object store, the queue connection, authentication, accounts and tenancy, and the
+//! error type that every HTTP service maps to JSON.
+
+pub mod accounts;
+pub mod auth;
+pub mod db;
+pub mod demo;
+pub mod error;
+pub mod health;
+pub mod queue;
+pub mod settings;
+pub mod storage;
+pub mod telemetry;
+pub mod tenancy;
+
+pub use error::Error;
+pub use settings::Settings;
+pub use tenancy::OrgId;
