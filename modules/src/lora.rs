@@ -71,7 +71,15 @@ impl LoraLinear {
         let bound = 1.0 / (in_dim as f32).sqrt();
         let a = Var::from_tensor(&rng.uniform((cfg.rank, in_dim), -bound, bound, &device)?)?;
         let b = Var::zeros((out_dim, cfg.rank), base.weight().dtype(), &device)?;
-        Ok(Self { base, a, b, scale: cfg.scale(), dropout: cfg.dropout, rng: rng.clone(), merged: false })
+        Ok(Self {
+            base,
+            a,
+            b,
+            scale: cfg.scale(),
+            dropout: cfg.dropout,
+            rng: rng.clone(),
+            merged: false,
+        })
     }
 
     /// The `A` matrix (rank × in).
@@ -98,7 +106,9 @@ impl LoraLinear {
 
     /// `scale · B A` (out × in), the update the adapter adds to the base weight.
     pub fn delta_weight(&self) -> Result<Tensor> {
-        (self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?.detach().contiguous()
+        (self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?
+            .detach()
+            .contiguous()
     }
 
     /// Folds the adapter into the base weight, so inference costs one matmul. Training a

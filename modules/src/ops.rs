@@ -28,10 +28,19 @@ impl SeededRng {
     }
 
     /// A tensor of `shape` with values drawn uniformly from `[lo, hi)`.
-    pub fn uniform(&self, shape: impl Into<Shape>, lo: f32, hi: f32, device: &Device) -> Result<Tensor> {
+    pub fn uniform(
+        &self,
+        shape: impl Into<Shape>,
+        lo: f32,
+        hi: f32,
+        device: &Device,
+    ) -> Result<Tensor> {
         let shape = shape.into();
         let n = shape.elem_count();
-        let mut rng = self.0.lock().map_err(|_| candle_core::Error::Msg("rng lock poisoned".into()))?;
+        let mut rng = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("rng lock poisoned".into()))?;
         let values: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
         Tensor::from_vec(values, shape, device)
     }
@@ -39,9 +48,13 @@ impl SeededRng {
     /// A dropout mask: each element is `0` with probability `p`, else `1 / (1 - p)`.
     fn dropout_mask(&self, shape: &Shape, p: f32, device: &Device) -> Result<Tensor> {
         let keep = 1.0 / (1.0 - p);
-        let mut rng = self.0.lock().map_err(|_| candle_core::Error::Msg("rng lock poisoned".into()))?;
-        let values: Vec<f32> =
-            (0..shape.elem_count()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+        let mut rng = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("rng lock poisoned".into()))?;
+        let values: Vec<f32> = (0..shape.elem_count())
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
         Tensor::from_vec(values, shape.clone(), device)
     }
 }
@@ -81,7 +94,9 @@ pub fn dropout(xs: &Tensor, p: f32, train: bool, rng: &SeededRng) -> Result<Tens
     if p >= 1.0 {
         candle_core::bail!("dropout probability must be in [0, 1), got {p}")
     }
-    let mask = rng.dropout_mask(xs.shape(), p, xs.device())?.to_dtype(xs.dtype())?;
+    let mask = rng
+        .dropout_mask(xs.shape(), p, xs.device())?
+        .to_dtype(xs.dtype())?;
     xs * mask
 }
 
@@ -172,7 +187,9 @@ impl Module for Linear {
 /// GEMM reads without copying.
 pub fn matmul_t(xs: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = xs.dims();
-    let in_dim = *dims.last().ok_or_else(|| candle_core::Error::Msg("matmul of a scalar".into()))?;
+    let in_dim = *dims
+        .last()
+        .ok_or_else(|| candle_core::Error::Msg("matmul of a scalar".into()))?;
     let rows = xs.elem_count() / in_dim.max(1);
     let xs2 = xs.reshape((rows, in_dim))?;
     let ys = xs2.matmul(&w.t()?)?;

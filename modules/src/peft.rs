@@ -60,7 +60,10 @@ impl BaseFingerprint {
             ("format".to_string(), "pt".to_string()),
             ("tailor.architecture".to_string(), self.architecture.clone()),
             ("tailor.num_layers".to_string(), self.num_layers.to_string()),
-            ("tailor.hidden_size".to_string(), self.hidden_size.to_string()),
+            (
+                "tailor.hidden_size".to_string(),
+                self.hidden_size.to_string(),
+            ),
             ("tailor.base_sha256".to_string(), self.sha256.clone()),
         ])
     }
@@ -68,11 +71,15 @@ impl BaseFingerprint {
     fn from_metadata(meta: &HashMap<String, String>) -> Result<Self, AdapterError> {
         let get = |key: &str| {
             meta.get(key).cloned().ok_or_else(|| {
-                AdapterError::Invalid(format!("{WEIGHTS_FILE} has no `{key}` metadata (not written by Tailor?)"))
+                AdapterError::Invalid(format!(
+                    "{WEIGHTS_FILE} has no `{key}` metadata (not written by Tailor?)"
+                ))
             })
         };
         let number = |key: &str| -> Result<usize, AdapterError> {
-            get(key)?.parse().map_err(|_| AdapterError::Invalid(format!("{WEIGHTS_FILE}: `{key}` is not a number")))
+            get(key)?.parse().map_err(|_| {
+                AdapterError::Invalid(format!("{WEIGHTS_FILE}: `{key}` is not a number"))
+            })
         };
         Ok(Self {
             architecture: get("tailor.architecture")?,
@@ -149,7 +156,11 @@ impl AdapterConfig {
 
     /// The LoRA config to build the encoder with; refuses what Tailor does not implement.
     pub fn lora_config(&self) -> Result<LoraConfig, AdapterError> {
-        let unsupported = |what: &str| Err(AdapterError::Invalid(format!("{CONFIG_FILE}: {what} is not supported")));
+        let unsupported = |what: &str| {
+            Err(AdapterError::Invalid(format!(
+                "{CONFIG_FILE}: {what} is not supported"
+            )))
+        };
         if self.peft_type != "LORA" {
             return unsupported(&format!("peft_type `{}`", self.peft_type));
         }
@@ -162,7 +173,10 @@ impl AdapterConfig {
         if self.use_rslora || self.use_dora {
             return unsupported("rsLoRA/DoRA");
         }
-        if !self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty() || self.layers_to_transform.is_some() {
+        if !self.rank_pattern.is_empty()
+            || !self.alpha_pattern.is_empty()
+            || self.layers_to_transform.is_some()
+        {
             return unsupported("per-layer rank, alpha or layer selection");
         }
         let lora = LoraConfig {
@@ -171,7 +185,8 @@ impl AdapterConfig {
             dropout: self.lora_dropout,
             targets: self.target_modules.clone(),
         };
-        lora.validate().map_err(|msg| AdapterError::Invalid(format!("{CONFIG_FILE}: {msg}")))?;
+        lora.validate()
+            .map_err(|msg| AdapterError::Invalid(format!("{CONFIG_FILE}: {msg}")))?;
         Ok(lora)
     }
 }
@@ -193,17 +208,23 @@ pub fn save(
     vars: &[(String, Var)],
 ) -> Result<AdapterFiles, AdapterError> {
     if vars.is_empty() {
-        return Err(AdapterError::Invalid("the encoder has no adapter to save (frozen baseline)".into()));
+        return Err(AdapterError::Invalid(
+            "the encoder has no adapter to save (frozen baseline)".into(),
+        ));
     }
     let config = AdapterConfig::new(lora, base_model_name_or_path, task_type);
-    let config_json = serde_json::to_vec_pretty(&config).map_err(|e| AdapterError::Invalid(e.to_string()))?;
+    let config_json =
+        serde_json::to_vec_pretty(&config).map_err(|e| AdapterError::Invalid(e.to_string()))?;
     let views = vars
         .iter()
         .map(|(name, var)| Ok((name.clone(), F32View::new(var.as_tensor())?)))
         .collect::<Result<Vec<_>, AdapterError>>()?;
     let safetensors = safetensors::serialize(views, Some(base.to_metadata()))
         .map_err(|e| AdapterError::Invalid(format!("writing {WEIGHTS_FILE}: {e}")))?;
-    Ok(AdapterFiles { config_json, safetensors })
+    Ok(AdapterFiles {
+        config_json,
+        safetensors,
+    })
 }
 
 /// A LoRA adapter read back from its files.
@@ -225,13 +246,21 @@ pub fn load(config_json: &[u8], weights: &[u8], device: &Device) -> Result<Adapt
     let base = BaseFingerprint::from_metadata(&metadata)?;
     let tensors = candle_core::safetensors::load_buffer(weights, device)
         .map_err(|e| AdapterError::Invalid(format!("{WEIGHTS_FILE}: {e}")))?;
-    Ok(Adapter { config, base, tensors })
+    Ok(Adapter {
+        config,
+        base,
+        tensors,
+    })
 }
 
 impl Adapter {
     /// Checks that this adapter was trained for the base `base` and has exactly the tensors
     /// of `vars` (names and shapes). The first difference found is the error.
-    pub fn check_fits(&self, base: &BaseFingerprint, vars: &[(String, Var)]) -> Result<(), AdapterError> {
+    pub fn check_fits(
+        &self,
+        base: &BaseFingerprint,
+        vars: &[(String, Var)],
+    ) -> Result<(), AdapterError> {
         let mismatch = |msg: String| Err(AdapterError::Mismatch(msg));
         let (ours, theirs) = (&self.base, base);
         if ours.architecture != theirs.architecture {
@@ -254,7 +283,9 @@ impl Adapter {
         }
         for (name, var) in vars {
             let Some(tensor) = self.tensors.get(name) else {
-                return mismatch(format!("it has no tensor `{name}` (were its target modules different?)"));
+                return mismatch(format!(
+                    "it has no tensor `{name}` (were its target modules different?)"
+                ));
             };
             if tensor.dims() != var.dims() {
                 return mismatch(format!(
@@ -264,8 +295,14 @@ impl Adapter {
                 ));
             }
         }
-        if let Some(extra) = self.tensors.keys().find(|name| !vars.iter().any(|(n, _)| n == *name)) {
-            return mismatch(format!("it has a tensor `{extra}` this encoder has no place for"));
+        if let Some(extra) = self
+            .tensors
+            .keys()
+            .find(|name| !vars.iter().any(|(n, _)| n == *name))
+        {
+            return mismatch(format!(
+                "it has a tensor `{extra}` this encoder has no place for"
+            ));
         }
         if ours.sha256 != theirs.sha256 {
             return mismatch(format!(
@@ -277,7 +314,11 @@ impl Adapter {
     }
 
     /// Checks the fit, then copies the adapter's values into `vars`.
-    pub fn apply(&self, base: &BaseFingerprint, vars: &[(String, Var)]) -> Result<(), AdapterError> {
+    pub fn apply(
+        &self,
+        base: &BaseFingerprint,
+        vars: &[(String, Var)],
+    ) -> Result<(), AdapterError> {
         self.check_fits(base, vars)?;
         for (name, var) in vars {
             var.set(&self.tensors[name].to_dtype(var.dtype())?)?;
@@ -298,7 +339,11 @@ pub fn write_dir(dir: impl AsRef<Path>, files: &AdapterFiles) -> Result<(), Adap
 /// Reads and parses the adapter in `dir`.
 pub fn read_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Adapter, AdapterError> {
     let dir = dir.as_ref();
-    load(&std::fs::read(dir.join(CONFIG_FILE))?, &std::fs::read(dir.join(WEIGHTS_FILE))?, device)
+    load(
+        &std::fs::read(dir.join(CONFIG_FILE))?,
+        &std::fs::read(dir.join(WEIGHTS_FILE))?,
+        device,
+    )
 }
 
 /// A tensor's f32 bytes for `safetensors::serialize` (the workspace's safetensors crate is
@@ -310,9 +355,15 @@ struct F32View {
 
 impl F32View {
     fn new(tensor: &Tensor) -> Result<Self, AdapterError> {
-        let values = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let values = tensor
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Ok(Self { shape: tensor.dims().to_vec(), bytes })
+        Ok(Self {
+            shape: tensor.dims().to_vec(),
+            bytes,
+        })
     }
 }
 

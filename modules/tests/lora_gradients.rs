@@ -11,7 +11,14 @@ use tailor_modules::text::{Pooling, TextEncoder, TextEncoderOptions};
 use text_support::{minilm, texts};
 
 fn norm(t: &Tensor) -> f32 {
-    t.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap()
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -23,14 +30,27 @@ fn every_lora_matrix_in_all_six_layers_gets_a_non_zero_gradient() {
         // Every linear layer: query, key, value and the three `dense` layers.
         targets: vec!["query".into(), "key".into(), "value".into(), "dense".into()],
     };
-    let options = TextEncoderOptions { pooling: Pooling::Mean, max_tokens: 32, lora: Some(lora), seed: 7, ..Default::default() };
+    let options = TextEncoderOptions {
+        pooling: Pooling::Mean,
+        max_tokens: 32,
+        lora: Some(lora),
+        seed: 7,
+        ..Default::default()
+    };
     let encoder = TextEncoder::load(minilm(), &options).unwrap();
     let vars = encoder.adapter_vars();
     assert_eq!(vars.len(), 6 * 6 * 2, "6 layers × 6 linear layers × (A, B)");
 
-    let input = encoder.tokenize(&texts(&["The contract ends in May.", "Payment is due within thirty days."])).unwrap();
+    let input = encoder
+        .tokenize(&texts(&[
+            "The contract ends in May.",
+            "Payment is due within thirty days.",
+        ]))
+        .unwrap();
     // A fixed random direction: the loss is the pooled vectors projected on it.
-    let probe = SeededRng::new(3).uniform((2, 384), -1.0, 1.0, &Device::Cpu).unwrap();
+    let probe = SeededRng::new(3)
+        .uniform((2, 384), -1.0, 1.0, &Device::Cpu)
+        .unwrap();
     let loss = |train: bool| {
         let encoded = encoder.encode_tokenized(&input, train).unwrap();
         (encoded.pooled * &probe).unwrap().sum_all().unwrap()
@@ -41,7 +61,9 @@ fn every_lora_matrix_in_all_six_layers_gets_a_non_zero_gradient() {
     // on A learns too. That is LoRA's design, not a broken gradient.
     let grads = loss(true).backward().unwrap();
     for (name, var) in &vars {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name} has no gradient"));
         if name.contains("lora_A") {
             assert_eq!(norm(g), 0.0, "{name}: A's gradient is zero while B is zero");
         } else {
@@ -50,22 +72,37 @@ fn every_lora_matrix_in_all_six_layers_gets_a_non_zero_gradient() {
     }
     // The frozen base weights are plain tensors: no gradient is computed for them.
     let (_, first) = &encoder.model().lora_layers()[0];
-    assert!(grads.get(first.base().weight()).is_none(), "the base weight must stay frozen");
+    assert!(
+        grads.get(first.base().weight()).is_none(),
+        "the base weight must stay frozen"
+    );
 
     let lr = 0.1;
-    let step = |var: &Var, g: &Tensor| var.set(&(var.as_tensor() - (g * lr).unwrap()).unwrap()).unwrap();
+    let step = |var: &Var, g: &Tensor| {
+        var.set(&(var.as_tensor() - (g * lr).unwrap()).unwrap())
+            .unwrap()
+    };
     for (_, var) in vars.iter().filter(|(n, _)| n.contains("lora_B")) {
         step(var, grads.get(var.as_tensor()).unwrap());
     }
 
     let grads = loss(true).backward().unwrap();
     for (name, var) in &vars {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} has no gradient"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name} has no gradient"));
         assert!(norm(g) > 0.0, "{name}: zero gradient after one step");
     }
     // The names are PEFT's: one A and one B per adapted module in every layer.
     for layer in 0..6 {
-        for path in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense"] {
+        for path in [
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ] {
             for which in ["lora_A", "lora_B"] {
                 let name = format!("base_model.model.encoder.layer.{layer}.{path}.{which}.weight");
                 assert!(vars.iter().any(|(n, _)| *n == name), "missing {name}");
@@ -76,15 +113,46 @@ fn every_lora_matrix_in_all_six_layers_gets_a_non_zero_gradient() {
 
 #[test]
 fn the_same_seed_reproduces_a_training_forward_pass() {
-    let lora = LoraConfig { rank: 2, alpha: 4.0, dropout: 0.2, targets: vec!["query".into(), "value".into()] };
+    let lora = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        dropout: 0.2,
+        targets: vec!["query".into(), "value".into()],
+    };
     let load = || {
-        let options = TextEncoderOptions { lora: Some(lora.clone()), seed: 42, max_tokens: 32, ..Default::default() };
+        let options = TextEncoderOptions {
+            lora: Some(lora.clone()),
+            seed: 42,
+            max_tokens: 32,
+            ..Default::default()
+        };
         TextEncoder::load(minilm(), &options).unwrap()
     };
     let batch = texts(&["Dropout draws from the seeded generator."]);
-    let a = load().encode(&batch, true).unwrap().pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = load().encode(&batch, true).unwrap().pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let a = load()
+        .encode(&batch, true)
+        .unwrap()
+        .pooled
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = load()
+        .encode(&batch, true)
+        .unwrap()
+        .pooled
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(a, b);
-    let eval = load().encode(&batch, false).unwrap().pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let eval = load()
+        .encode(&batch, false)
+        .unwrap()
+        .pooled
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_ne!(a, eval, "training mode applies dropout");
 }

@@ -18,11 +18,20 @@ fn layer_norm_matches_hand_computed_values() {
     let x = Tensor::new(&[[1f32, 2., 3.]], &dev()).unwrap();
     let w = Tensor::new(&[1f32, 2., 1.], &dev()).unwrap();
     let b = Tensor::new(&[0f32, 0., 0.5], &dev()).unwrap();
-    let y = ops::layer_norm(&x, &w, &b, 0.0).unwrap().to_vec2::<f32>().unwrap();
+    let y = ops::layer_norm(&x, &w, &b, 0.0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert!(close(&y[0], &[-1.2247449, 0.0, 1.7247449], 1e-5), "{y:?}");
     // And it agrees with candle-nn's fused kernel on the forward pass.
-    let fused = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5).unwrap().to_vec2::<f32>().unwrap();
-    let ours = ops::layer_norm(&x, &w, &b, 1e-5).unwrap().to_vec2::<f32>().unwrap();
+    let fused = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let ours = ops::layer_norm(&x, &w, &b, 1e-5)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert!(close(&fused[0], &ours[0], 1e-5));
 }
 
@@ -31,15 +40,36 @@ fn softmax_matches_hand_computed_values_and_has_a_gradient() {
     let v = Var::new(&[[0f32, (2f32).ln(), 1000.]], &dev()).unwrap();
     // Large logits must not overflow: exp is taken after subtracting the row max.
     let y = ops::softmax_last_dim(v.as_tensor()).unwrap();
-    assert!(close(&y.to_vec2::<f32>().unwrap()[0], &[0.0, 0.0, 1.0], 1e-6));
+    assert!(close(
+        &y.to_vec2::<f32>().unwrap()[0],
+        &[0.0, 0.0, 1.0],
+        1e-6
+    ));
 
     let v = Var::new(&[[0f32, (2f32).ln(), (5f32).ln()]], &dev()).unwrap();
     let y = ops::softmax_last_dim(v.as_tensor()).unwrap();
-    assert!(close(&y.to_vec2::<f32>().unwrap()[0], &[0.125, 0.25, 0.625], 1e-6));
+    assert!(close(
+        &y.to_vec2::<f32>().unwrap()[0],
+        &[0.125, 0.25, 0.625],
+        1e-6
+    ));
     // d y_2 / d x = y_2 (e_2 - y) = 0.625 · [-0.125, -0.25, 0.375]
-    let grads = y.narrow(D::Minus1, 2, 1).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = grads.get(&v).expect("softmax passes the gradient").to_vec2::<f32>().unwrap();
-    assert!(close(&g[0], &[-0.078125, -0.15625, 0.234375], 1e-6), "{g:?}");
+    let grads = y
+        .narrow(D::Minus1, 2, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = grads
+        .get(&v)
+        .expect("softmax passes the gradient")
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(
+        close(&g[0], &[-0.078125, -0.15625, 0.234375], 1e-6),
+        "{g:?}"
+    );
 }
 
 #[test]
@@ -48,11 +78,21 @@ fn gelu_is_the_erf_form_and_its_gradient_matches_finite_differences() {
     // gelu(x) = x Φ(x): Φ(0.7) = 0.7580363, Φ(-0.5) = 0.3085375, Φ(-2) = 0.0227501.
     let v = Var::new(&xs, &dev()).unwrap();
     let y = ops::gelu(v.as_tensor()).unwrap();
-    let want = [-2.0 * 0.0227501, -0.5 * 0.3085375, 0.0, 0.7 * 0.7580363, 3.0 * 0.9986501];
+    let want = [
+        -2.0 * 0.0227501,
+        -0.5 * 0.3085375,
+        0.0,
+        0.7 * 0.7580363,
+        3.0 * 0.9986501,
+    ];
     assert!(close(&y.to_vec1::<f32>().unwrap(), &want, 1e-5), "{y}");
 
     let grads = y.sum_all().unwrap().backward().unwrap();
-    let analytic = grads.get(&v).expect("gelu_erf has a backward pass").to_vec1::<f32>().unwrap();
+    let analytic = grads
+        .get(&v)
+        .expect("gelu_erf has a backward pass")
+        .to_vec1::<f32>()
+        .unwrap();
     let eps = 1e-3f64;
     for (i, &x) in xs.iter().enumerate() {
         let f = |x: f64| {
@@ -60,7 +100,11 @@ fn gelu_is_the_erf_form_and_its_gradient_matches_finite_differences() {
             ops::gelu(&t).unwrap().to_vec1::<f32>().unwrap()[0] as f64
         };
         let numeric = (f(x as f64 + eps) - f(x as f64 - eps)) / (2.0 * eps);
-        assert!((analytic[i] as f64 - numeric).abs() < 1e-3, "x={x}: {} vs {numeric}", analytic[i]);
+        assert!(
+            (analytic[i] as f64 - numeric).abs() < 1e-3,
+            "x={x}: {} vs {numeric}",
+            analytic[i]
+        );
     }
 }
 
@@ -71,12 +115,28 @@ fn dropout_is_a_no_op_outside_training_and_reproducible_with_a_seed() {
     let eval = ops::dropout(&x, 0.5, false, &rng).unwrap();
     assert_eq!(eval.to_vec2::<f32>().unwrap(), x.to_vec2::<f32>().unwrap());
 
-    let a = ops::dropout(&x, 0.25, true, &SeededRng::new(9)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = ops::dropout(&x, 0.25, true, &SeededRng::new(9)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let a = ops::dropout(&x, 0.25, true, &SeededRng::new(9))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = ops::dropout(&x, 0.25, true, &SeededRng::new(9))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(a, b, "the same seed gives the same mask");
     let zeros = a.iter().filter(|v| **v == 0.0).count();
-    assert!((150..360).contains(&zeros), "about a quarter dropped: {zeros} of 1024");
-    assert!(a.iter().all(|v| *v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6), "kept values are rescaled");
+    assert!(
+        (150..360).contains(&zeros),
+        "about a quarter dropped: {zeros} of 1024"
+    );
+    assert!(
+        a.iter().all(|v| *v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6),
+        "kept values are rescaled"
+    );
 }
 
 /// The trap this crate works around (DESIGN.md §5): candle-nn's `LayerNorm::forward` takes
@@ -91,19 +151,42 @@ fn candle_nn_fused_layer_norm_stops_the_gradient_but_ours_does_not() {
     let probe = Tensor::new(&[[1f32, 2., 3., 4.]], &dev()).unwrap();
 
     let fused = candle_nn::LayerNorm::new(w.clone(), b.clone(), 1e-5);
-    let loss = (fused.forward(x.as_tensor()).unwrap() * &probe).unwrap().sum_all().unwrap();
+    let loss = (fused.forward(x.as_tensor()).unwrap() * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let grads = loss.backward().unwrap();
-    assert!(grads.get(&x).is_none(), "candle-nn's fused layer norm now has a gradient");
+    assert!(
+        grads.get(&x).is_none(),
+        "candle-nn's fused layer norm now has a gradient"
+    );
 
     let fused_softmax = candle_nn::ops::softmax_last_dim(x.as_tensor()).unwrap();
-    let grads = (fused_softmax * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-    assert!(grads.get(&x).is_none(), "candle-nn's fused softmax now has a gradient");
+    let grads = (fused_softmax * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(
+        grads.get(&x).is_none(),
+        "candle-nn's fused softmax now has a gradient"
+    );
 
     let ours = ops::LayerNorm::new(w, b, 1e-5);
-    let loss = (ours.forward(x.as_tensor()).unwrap() * &probe).unwrap().sum_all().unwrap();
+    let loss = (ours.forward(x.as_tensor()).unwrap() * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let grads = loss.backward().unwrap();
     let g = grads.get(&x).expect("our layer norm passes the gradient");
-    let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let norm = g
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(norm > 1e-6, "gradient is non-zero");
 }
 
@@ -111,7 +194,12 @@ fn lora_layer(rank: usize, alpha: f64) -> (LoraLinear, Tensor) {
     let rng = SeededRng::new(11);
     let w = rng.uniform((5, 6), -0.5, 0.5, &dev()).unwrap();
     let bias = rng.uniform(5, -0.5, 0.5, &dev()).unwrap();
-    let cfg = LoraConfig { rank, alpha, dropout: 0.0, targets: vec!["query".into()] };
+    let cfg = LoraConfig {
+        rank,
+        alpha,
+        dropout: 0.0,
+        targets: vec!["query".into()],
+    };
     let layer = LoraLinear::new(Linear::new(w, Some(bias)), &cfg, &rng).unwrap();
     let x = rng.uniform((2, 3, 6), -1.0, 1.0, &dev()).unwrap();
     (layer, x)
@@ -126,10 +214,25 @@ fn lora_starts_as_the_base_layer_with_kaiming_a_and_zero_b() {
     let a = layer.a().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let bound = 1.0 / 6f32.sqrt();
     assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| *v != 0.0));
-    assert!(layer.b().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| *v == 0.0));
+    assert!(
+        layer
+            .b()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| *v == 0.0)
+    );
     let base = layer.base().forward(&x).unwrap();
     assert_eq!(
-        layer.forward_t(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        layer
+            .forward_t(&x, true)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
         base.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
 }
@@ -139,29 +242,57 @@ fn lora_forward_is_base_plus_scaled_low_rank_update_and_merge_round_trips() {
     // alpha ≠ rank, so a forgotten or doubled scale shows.
     let (mut layer, x) = lora_layer(4, 16.0);
     let rng = SeededRng::new(5);
-    layer.b().set(&rng.uniform((5, 4), -0.3, 0.3, &dev()).unwrap()).unwrap();
+    layer
+        .b()
+        .set(&rng.uniform((5, 4), -0.3, 0.3, &dev()).unwrap())
+        .unwrap();
 
     // By hand: x W^T + b + (alpha / r) x A^T B^T.
     let w = layer.base().weight().clone();
     let bias = layer.base().bias().unwrap().clone();
     let (a, b) = (layer.a().as_tensor().clone(), layer.b().as_tensor().clone());
     let x2 = x.reshape((6, 6)).unwrap();
-    let want = (x2.matmul(&w.t().unwrap()).unwrap().broadcast_add(&bias).unwrap()
-        + (x2.matmul(&a.t().unwrap()).unwrap().matmul(&b.t().unwrap()).unwrap() * 4.0).unwrap())
+    let want = (x2
+        .matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(&bias)
+        .unwrap()
+        + (x2
+            .matmul(&a.t().unwrap())
+            .unwrap()
+            .matmul(&b.t().unwrap())
+            .unwrap()
+            * 4.0)
+            .unwrap())
     .unwrap()
     .reshape((2, 3, 5))
     .unwrap();
     let unmerged = layer.forward_t(&x, false).unwrap();
-    let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let max = |t: Tensor| {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
     assert!(max((&unmerged - &want).unwrap()) < 1e-5);
 
     layer.merge().unwrap();
     assert!(layer.is_merged());
     let merged = layer.forward_t(&x, false).unwrap();
-    assert!(max((&merged - &unmerged).unwrap()) < 1e-5, "merged output differs");
+    assert!(
+        max((&merged - &unmerged).unwrap()) < 1e-5,
+        "merged output differs"
+    );
 
     layer.unmerge().unwrap();
-    assert!(max((layer.base().weight() - &w).unwrap()) < 1e-6, "unmerge restores the base weight");
+    assert!(
+        max((layer.base().weight() - &w).unwrap()) < 1e-6,
+        "unmerge restores the base weight"
+    );
     assert!(max((layer.forward_t(&x, false).unwrap() - &unmerged).unwrap()) < 1e-6);
 }
 
@@ -177,10 +308,47 @@ fn lora_init_is_reproducible_from_the_seed() {
 
 #[test]
 fn lora_config_refuses_nonsense() {
-    let ok = LoraConfig { rank: 8, alpha: 16.0, dropout: 0.1, targets: vec!["query".into()] };
+    let ok = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        targets: vec!["query".into()],
+    };
     assert!(ok.validate().is_ok());
-    assert!(LoraConfig { rank: 0, ..ok.clone() }.validate().unwrap_err().contains("rank"));
-    assert!(LoraConfig { alpha: -1.0, ..ok.clone() }.validate().unwrap_err().contains("alpha"));
-    assert!(LoraConfig { dropout: 1.0, ..ok.clone() }.validate().unwrap_err().contains("dropout"));
-    assert!(LoraConfig { targets: vec![], ..ok }.validate().unwrap_err().contains("targets"));
+    assert!(
+        LoraConfig {
+            rank: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .contains("rank")
+    );
+    assert!(
+        LoraConfig {
+            alpha: -1.0,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .contains("alpha")
+    );
+    assert!(
+        LoraConfig {
+            dropout: 1.0,
+            ..ok.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .contains("dropout")
+    );
+    assert!(
+        LoraConfig {
+            targets: vec![],
+            ..ok
+        }
+        .validate()
+        .unwrap_err()
+        .contains("targets")
+    );
 }

@@ -134,7 +134,9 @@ impl Config {
             ));
         }
         Activation::parse(&self.hidden_act)?;
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -182,7 +184,13 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Loads the linear layer at `vb` (path `path` inside the BERT layer), wrapped with
     /// LoRA when a target matches it.
-    fn linear(&self, vb: VarBuilder, path: &str, in_dim: usize, out_dim: usize) -> Result<MaybeLora> {
+    fn linear(
+        &self,
+        vb: VarBuilder,
+        path: &str,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<MaybeLora> {
         let base = Linear::load(vb, in_dim, out_dim)?;
         match self.lora {
             Some((cfg, targets)) if targets.iter().any(|t| target_matches(t, path)) => {
@@ -204,7 +212,10 @@ struct Embeddings {
 impl Embeddings {
     fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let embedding = |n: usize, name: &str| -> Result<Embedding> {
-            Ok(Embedding::new(vb.pp(name).get((n, cfg.hidden_size), "weight")?, cfg.hidden_size))
+            Ok(Embedding::new(
+                vb.pp(name).get((n, cfg.hidden_size), "weight")?,
+                cfg.hidden_size,
+            ))
         };
         let token_type = if cfg.type_vocab_size > 0 {
             Some(embedding(cfg.type_vocab_size, "token_type_embeddings")?)
@@ -220,10 +231,19 @@ impl Embeddings {
         })
     }
 
-    fn forward(&self, ids: &Tensor, type_ids: &Tensor, train: bool, rng: &SeededRng) -> Result<Tensor> {
+    fn forward(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        train: bool,
+        rng: &SeededRng,
+    ) -> Result<Tensor> {
         let (_, seq) = ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
-        let mut xs = self.word.forward(ids)?.broadcast_add(&self.position.forward(&positions)?)?;
+        let mut xs = self
+            .word
+            .forward(ids)?
+            .broadcast_add(&self.position.forward(&positions)?)?;
         if let Some(token_type) = &self.token_type {
             xs = (xs + token_type.forward(type_ids)?)?;
         }
@@ -257,11 +277,19 @@ impl SelfAttention {
     /// (batch, seq, hidden) → (batch, heads, seq, head_dim), contiguous for the matmuls.
     fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, s, _) = xs.dims3()?;
-        xs.reshape((b, s, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        xs.reshape((b, s, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
     }
 
     /// `mask_bias` is (batch, 1, 1, seq): 0 for real tokens, a large negative for padding.
-    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, train: bool, rng: &SeededRng) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask_bias: &Tensor,
+        train: bool,
+        rng: &SeededRng,
+    ) -> Result<Tensor> {
         let (b, s, h) = xs.dims3()?;
         let q = self.split_heads(&self.query.forward_t(xs, train)?)?;
         let k = self.split_heads(&self.key.forward_t(xs, train)?)?;
@@ -291,7 +319,13 @@ impl ResidualOutput {
         })
     }
 
-    fn forward(&self, xs: &Tensor, residual: &Tensor, train: bool, rng: &SeededRng) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+        train: bool,
+        rng: &SeededRng,
+    ) -> Result<Tensor> {
         let xs = self.dense.forward_t(xs, train)?;
         let xs = ops::dropout(&xs, self.dropout, train, rng)?;
         self.layer_norm.forward(&(xs + residual)?)
@@ -319,16 +353,29 @@ impl Layer {
                 "attention.output.dense",
                 h,
             )?,
-            intermediate: ctx.linear(vb.pp("intermediate").pp("dense"), "intermediate.dense", h, i)?,
+            intermediate: ctx.linear(
+                vb.pp("intermediate").pp("dense"),
+                "intermediate.dense",
+                h,
+                i,
+            )?,
             activation,
             output: ResidualOutput::load(vb.pp("output"), cfg, ctx, "output.dense", i)?,
         })
     }
 
-    fn forward(&self, xs: &Tensor, mask_bias: &Tensor, train: bool, rng: &SeededRng) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask_bias: &Tensor,
+        train: bool,
+        rng: &SeededRng,
+    ) -> Result<Tensor> {
         let attended = self.attention.forward(xs, mask_bias, train, rng)?;
         let attended = self.attention_output.forward(&attended, xs, train, rng)?;
-        let hidden = self.activation.forward(&self.intermediate.forward_t(&attended, train)?)?;
+        let hidden = self
+            .activation
+            .forward(&self.intermediate.forward_t(&attended, train)?)?;
         self.output.forward(&hidden, &attended, train, rng)
     }
 
@@ -370,7 +417,12 @@ impl BertModel {
     ///
     /// With `lora`, every linear layer its targets match gets a fresh adapter drawn from
     /// `rng`; `rng` also drives dropout in training.
-    pub fn load(vb: VarBuilder, cfg: &Config, lora: Option<&LoraConfig>, rng: &SeededRng) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &Config,
+        lora: Option<&LoraConfig>,
+        rng: &SeededRng,
+    ) -> Result<Self> {
         cfg.check_supported().map_err(candle_core::Error::Msg)?;
         let targets = match lora {
             Some(lora) => {
@@ -379,13 +431,25 @@ impl BertModel {
             }
             None => None,
         };
-        let ctx = Ctx { lora: lora.zip(targets.as_deref()), rng };
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") { vb.pp("bert") } else { vb };
+        let ctx = Ctx {
+            lora: lora.zip(targets.as_deref()),
+            rng,
+        };
+        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
+        } else {
+            vb
+        };
         let embeddings = Embeddings::load(vb.pp("embeddings"), cfg)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), cfg, &ctx))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { embeddings, layers, rng: rng.clone(), device: vb.device().clone() })
+        Ok(Self {
+            embeddings,
+            layers,
+            rng: rng.clone(),
+            device: vb.device().clone(),
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -398,7 +462,13 @@ impl BertModel {
 
     /// Per-token hidden states (batch, seq, hidden). `ids` and `type_ids` are (batch, seq)
     /// u32, `mask` (batch, seq) with 1 for real tokens and 0 for padding.
-    pub fn forward_t(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward_t(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         // Padding keys get a large negative score, so softmax gives them zero weight.
         let mask_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, s))?;

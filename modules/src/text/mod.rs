@@ -50,7 +50,13 @@ pub struct TextEncoderOptions {
 
 impl Default for TextEncoderOptions {
     fn default() -> Self {
-        Self { pooling: Pooling::Mean, max_tokens: 256, lora: None, seed: 0, base_name: None }
+        Self {
+            pooling: Pooling::Mean,
+            max_tokens: 256,
+            lora: None,
+            seed: 0,
+            base_name: None,
+        }
     }
 }
 
@@ -76,19 +82,29 @@ impl TextEncoder {
             .with_context(|| format!("reading {}", file("config.json").display()))?;
         let config: Config = serde_json::from_slice(&config_bytes)
             .with_context(|| format!("parsing {}", file("config.json").display()))?;
-        config.check_supported().map_err(|msg| anyhow!("{}: {msg}", file("config.json").display()))?;
+        config
+            .check_supported()
+            .map_err(|msg| anyhow!("{}: {msg}", file("config.json").display()))?;
         if let Some(model_type) = &config.model_type
             && !matches!(model_type.as_str(), "bert" | "minilm")
         {
-            bail!("{}: model_type `{model_type}` is not a BERT-family encoder", file("config.json").display());
+            bail!(
+                "{}: model_type `{model_type}` is not a BERT-family encoder",
+                file("config.json").display()
+            );
         }
 
         let mut tokenizer = Tokenizer::from_file(file("tokenizer.json"))
             .map_err(|e| anyhow!("reading {}: {e}", file("tokenizer.json").display()))?;
         let max_tokens = options.max_tokens.clamp(2, config.max_position_embeddings);
-        let pad_token = tokenizer.id_to_token(config.pad_token_id).unwrap_or_else(|| "[PAD]".into());
+        let pad_token = tokenizer
+            .id_to_token(config.pad_token_id)
+            .unwrap_or_else(|| "[PAD]".into());
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
             .map_err(|e| anyhow!("setting truncation: {e}"))?;
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
@@ -107,7 +123,10 @@ impl TextEncoder {
             Some(lora) => {
                 lora.validate().map_err(|msg| anyhow!(msg))?;
                 let targets = bert::normalize_targets(&lora.targets).map_err(|msg| anyhow!(msg))?;
-                Some(LoraConfig { targets, ..lora.clone() })
+                Some(LoraConfig {
+                    targets,
+                    ..lora.clone()
+                })
             }
             None => None,
         };
@@ -122,14 +141,37 @@ impl TextEncoder {
             sha256,
         };
         let base_name = options.base_name.clone().unwrap_or_else(|| {
-            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string())
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string())
         });
-        Ok(Self { model, config, tokenizer, pooling: options.pooling, max_tokens, lora, fingerprint, base_name, merged: false })
+        Ok(Self {
+            model,
+            config,
+            tokenizer,
+            pooling: options.pooling,
+            max_tokens,
+            lora,
+            fingerprint,
+            base_name,
+            merged: false,
+        })
     }
 
     /// The frozen encoder for the baseline: no adapters, nothing trainable.
-    pub fn load_frozen(dir: impl AsRef<Path>, pooling: Pooling, max_tokens: usize) -> anyhow::Result<Self> {
-        Self::load(dir, &TextEncoderOptions { pooling, max_tokens, ..Default::default() })
+    pub fn load_frozen(
+        dir: impl AsRef<Path>,
+        pooling: Pooling,
+        max_tokens: usize,
+    ) -> anyhow::Result<Self> {
+        Self::load(
+            dir,
+            &TextEncoderOptions {
+                pooling,
+                max_tokens,
+                ..Default::default()
+            },
+        )
     }
 
     pub fn config(&self) -> &Config {
@@ -181,16 +223,26 @@ impl TextEncoder {
     /// `SEQ_CLS`, `TOKEN_CLS`, …).
     pub fn save_adapter(&self, task_type: &str) -> std::result::Result<AdapterFiles, AdapterError> {
         let Some(lora) = &self.lora else {
-            return Err(AdapterError::Invalid("the encoder has no adapter to save (frozen baseline)".into()));
+            return Err(AdapterError::Invalid(
+                "the encoder has no adapter to save (frozen baseline)".into(),
+            ));
         };
-        peft::save(lora, &self.fingerprint, &self.base_name, task_type, &self.adapter_vars())
+        peft::save(
+            lora,
+            &self.fingerprint,
+            &self.base_name,
+            task_type,
+            &self.adapter_vars(),
+        )
     }
 
     /// Copies a saved adapter's values into this encoder's adapters, after checking that it
     /// fits (same architecture, layer count, width, tensors and base weights).
     pub fn apply_adapter(&self, adapter: &Adapter) -> std::result::Result<(), AdapterError> {
         if self.merged {
-            return Err(AdapterError::Invalid("unmerge the adapters before replacing them".into()));
+            return Err(AdapterError::Invalid(
+                "unmerge the adapters before replacing them".into(),
+            ));
         }
         adapter.apply(&self.fingerprint, &self.adapter_vars())
     }
@@ -232,7 +284,13 @@ impl TextEncoder {
             ids.extend_from_slice(encoding.get_ids());
             type_ids.extend_from_slice(encoding.get_type_ids());
             mask.extend(encoding.get_attention_mask().iter().map(|&m| m as f32));
-            word_ids.push(encoding.get_word_ids().iter().map(|w| w.map(|w| w as usize)).collect());
+            word_ids.push(
+                encoding
+                    .get_word_ids()
+                    .iter()
+                    .map(|w| w.map(|w| w as usize))
+                    .collect(),
+            );
         }
         Ok(Tokenized {
             ids: Tensor::from_vec(ids, (batch, seq), device)?,
@@ -244,12 +302,18 @@ impl TextEncoder {
 
     /// Runs the encoder on a tokenized batch.
     pub fn encode_tokenized(&self, input: &Tokenized, train: bool) -> Result<Encoded> {
-        let tokens = self.model.forward_t(&input.ids, &input.type_ids, &input.mask, train)?;
+        let tokens = self
+            .model
+            .forward_t(&input.ids, &input.type_ids, &input.mask, train)?;
         let pooled = match self.pooling {
             Pooling::Mean => bert::mean_pool(&tokens, &input.mask)?,
             Pooling::Cls => bert::cls_pool(&tokens)?,
         };
-        Ok(Encoded { tokens, mask: input.mask.to_dtype(DType::F32)?, pooled })
+        Ok(Encoded {
+            tokens,
+            mask: input.mask.to_dtype(DType::F32)?,
+            pooled,
+        })
     }
 
     /// Tokenizes and encodes texts in one call.

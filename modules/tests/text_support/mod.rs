@@ -11,7 +11,9 @@ use tailor_modules::ops::SeededRng;
 
 /// `$TAILOR_ASSETS` (default `/var/tmp/tailor-assets`), filled by `scripts/fetch-assets`.
 pub fn assets() -> PathBuf {
-    PathBuf::from(std::env::var("TAILOR_ASSETS").unwrap_or_else(|_| "/var/tmp/tailor-assets".into()))
+    PathBuf::from(
+        std::env::var("TAILOR_ASSETS").unwrap_or_else(|_| "/var/tmp/tailor-assets".into()),
+    )
 }
 
 /// The all-MiniLM-L6-v2 folder; panics with the fix when it is missing.
@@ -47,7 +49,14 @@ pub struct TinyBert {
 
 impl Default for TinyBert {
     fn default() -> Self {
-        Self { layers: 2, hidden: 16, heads: 2, intermediate: 32, bert_prefix: false, seed: 1 }
+        Self {
+            layers: 2,
+            hidden: 16,
+            heads: 2,
+            intermediate: 32,
+            bert_prefix: false,
+            seed: 1,
+        }
     }
 }
 
@@ -66,7 +75,11 @@ impl TinyBert {
             "max_position_embeddings": max_pos, "type_vocab_size": 2,
             "layer_norm_eps": 1e-12, "pad_token_id": 0
         });
-        std::fs::write(dir.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
         std::fs::copy(minilm().join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
 
         let rng = SeededRng::new(self.seed);
@@ -74,12 +87,30 @@ impl TinyBert {
         let p = if self.bert_prefix { "bert." } else { "" };
         let mut ts: HashMap<String, Tensor> = HashMap::new();
         let mut put = |name: String, shape: &[usize], lo: f32, hi: f32| {
-            ts.insert(format!("{p}{name}"), rng.uniform(shape, lo, hi, &dev).unwrap());
+            ts.insert(
+                format!("{p}{name}"),
+                rng.uniform(shape, lo, hi, &dev).unwrap(),
+            );
         };
         let h = self.hidden;
-        put("embeddings.word_embeddings.weight".into(), &[vocab, h], -1.0, 1.0);
-        put("embeddings.position_embeddings.weight".into(), &[max_pos, h], -0.5, 0.5);
-        put("embeddings.token_type_embeddings.weight".into(), &[2, h], -0.5, 0.5);
+        put(
+            "embeddings.word_embeddings.weight".into(),
+            &[vocab, h],
+            -1.0,
+            1.0,
+        );
+        put(
+            "embeddings.position_embeddings.weight".into(),
+            &[max_pos, h],
+            -0.5,
+            0.5,
+        );
+        put(
+            "embeddings.token_type_embeddings.weight".into(),
+            &[2, h],
+            -0.5,
+            0.5,
+        );
         put("embeddings.LayerNorm.weight".into(), &[h], 0.8, 1.2);
         put("embeddings.LayerNorm.bias".into(), &[h], -0.1, 0.1);
         for i in 0..self.layers {
@@ -112,7 +143,16 @@ pub fn texts(items: &[&str]) -> Vec<String> {
 
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 pub fn rm(dir: &Path) {
