@@ -10,3 +10,7 @@ pub mod lora;
 pub mod ops;
 pub mod peft;
 pub mod text;
+pub mod blueprint;
+pub mod catalog;
+pub mod metrics;
+pub mod schedule;
