@@ -1,0 +1,333 @@
+//! ZIP archives of files (images, audio, …) described by a manifest table.
+//!
+//! Safety comes first: every entry name is checked (no `..`, no absolute paths, no
+//! symbolic links), the number of entries is capped, and every entry is actually
+//! unpacked (into nothing) to measure its size, so a ZIP bomb is refused whatever its
+//! headers claim. Then the manifest is validated like any table, and each row's file
+//! must be in the archive.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{self, Read, Seek, SeekFrom};
+
+use sha2::{Digest, Sha256};
+use zip::ZipArchive;
+
+use crate::DatasetError;
+use crate::profile::{ArchiveProfile, TableFormat};
+use crate::schema::Modality;
+use crate::validator::{ArchiveIndex, DatasetReport, ValidationOptions, Validator};
+use crate::warnings::{Warning, WarningKind};
+
+/// Validates a ZIP archive whose manifest (`manifest.csv`, `manifest.tsv` or
+/// `manifest.jsonl` at the top level — or the only table there) names each file and
+/// its labels.
+///
+/// The archive needs `Read + Seek` (the ZIP directory is at its end): spool the upload to
+/// a temporary file and pass the file. It is read twice: once to hash it, once to check it.
+/// Paths in the manifest are relative to the manifest's folder. If everything in the
+/// archive sits in one top-level folder (as "Compress folder" makes), that folder is the
+/// top level. `__MACOSX/`, `.DS_Store` and similar entries are ignored.
+///
+/// The report's `sha256` and `bytes` are those of the archive file; its profile is the
+/// manifest's, with [`Profile::archive`](crate::Profile::archive) filled in.
+pub fn validate_archive<R: Read + Seek>(
+    mut reader: R,
+    options: ValidationOptions,
+) -> Result<DatasetReport, DatasetError> {
+    let limits = options.limits.clone();
+    reader.seek(SeekFrom::Start(0))?;
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        bytes += n as u64;
+        if bytes > limits.max_bytes {
+            return Err(DatasetError::TooLarge {
+                limit: limits.max_bytes,
+            });
+        }
+        hasher.update(&buf[..n]);
+    }
+    if bytes == 0 {
+        return Err(DatasetError::Empty);
+    }
+    let sha256 = hex::encode(hasher.finalize());
+    reader.seek(SeekFrom::Start(0))?;
+    if let Some(entries) = declared_entries(&mut reader)?
+        && entries > limits.max_archive_entries as u64
+    {
+        return Err(DatasetError::TooManyEntries {
+            limit: limits.max_archive_entries,
+        });
+    }
+    reader.seek(SeekFrom::Start(0))?;
+
+    let mut zip = ZipArchive::new(reader).map_err(|e| DatasetError::NotAZip {
+        reason: e.to_string(),
+    })?;
+    if zip.len() > limits.max_archive_entries {
+        return Err(DatasetError::TooManyEntries {
+            limit: limits.max_archive_entries,
+        });
+    }
+
+    let mut files = Vec::new();
+    let mut unpacked = 0u64;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| DatasetError::CorruptEntry {
+            path: format!("number {}", i + 1),
+            reason: e.to_string(),
+        })?;
+        let name = String::from_utf8_lossy(entry.name_raw()).into_owned();
+        check_entry_name(&name)?;
+        if entry.is_symlink() {
+            return Err(DatasetError::Symlink { path: name });
+        }
+        if entry.is_dir() {
+            continue;
+        }
+        // Unpack into nothing, at most one byte past the budget: the size is measured,
+        // not taken from the headers.
+        let budget = limits.max_unpacked_bytes - unpacked;
+        let n = io::copy(&mut (&mut entry).take(budget + 1), &mut io::sink()).map_err(|e| {
+            DatasetError::CorruptEntry {
+                path: name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        unpacked += n;
+        if n > budget {
+            return Err(DatasetError::UnpackedTooLarge {
+                limit: limits.max_unpacked_bytes,
+            });
+        }
+        if !is_ignored(&name) {
+            files.push(name);
+        }
+    }
+
+    let root = common_root(&files);
+    let mut tables: Vec<&String> = files
+        .iter()
+        .filter(|f| {
+            f.strip_prefix(root.as_str())
+                .is_some_and(|rest| !rest.contains('/'))
+                && !f.to_ascii_lowercase().ends_with(".txt")
+                && TableFormat::from_file_name(f).is_some()
+        })
+        .collect();
+    let manifests: Vec<&String> = tables
+        .iter()
+        .copied()
+        .filter(|f| {
+            f[root.len()..]
+                .to_ascii_lowercase()
+                .starts_with("manifest.")
+        })
+        .collect();
+    if !manifests.is_empty() {
+        tables = manifests;
+    }
+    let manifest = match tables.as_slice() {
+        [] => return Err(DatasetError::NoManifest),
+        [one] => (*one).clone(),
+        many => {
+            return Err(DatasetError::AmbiguousManifest {
+                candidates: many.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+    };
+
+    let index = ArchiveIndex {
+        manifest: manifest.clone(),
+        files: files
+            .iter()
+            .filter(|f| **f != manifest)
+            .map(|f| f[root.len()..].to_string())
+            .collect(),
+        referenced: HashSet::new(),
+    };
+    let mut manifest_options = options;
+    manifest_options.format = TableFormat::from_file_name(&manifest);
+    let mut validator = Validator::with_archive(manifest_options, Some(index));
+    let mut entry = zip
+        .by_name(&manifest)
+        .map_err(|e| DatasetError::CorruptEntry {
+            path: manifest.clone(),
+            reason: e.to_string(),
+        })?;
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(DatasetError::CorruptEntry {
+                    path: manifest.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        validator.feed(&buf[..n])?;
+    }
+    let (mut report, index) = validator.finish_inner()?;
+    let index = index.expect("the validator was given the archive index");
+
+    let mut by_modality: BTreeMap<Modality, u64> = BTreeMap::new();
+    for file in &index.files {
+        *by_modality.entry(Modality::from_path(file)).or_default() += 1;
+    }
+    let mut unreferenced: Vec<&String> = index
+        .files
+        .iter()
+        .filter(|f| !index.referenced.contains(*f))
+        .collect();
+    if !unreferenced.is_empty() {
+        unreferenced.sort();
+        report
+            .warnings
+            .push(Warning::new(WarningKind::UnreferencedFiles {
+                count: unreferenced.len() as u64,
+                examples: unreferenced.iter().take(5).map(|s| s.to_string()).collect(),
+            }));
+    }
+    report.sha256 = sha256;
+    report.bytes = bytes;
+    report.profile.archive = Some(ArchiveProfile {
+        manifest,
+        files: index.files.len() as u64,
+        unpacked_bytes: unpacked,
+        files_by_modality: by_modality.into_iter().collect(),
+        unreferenced_files: unreferenced.len() as u64,
+    });
+    Ok(report)
+}
+
+/// Refuses entry names that could write outside a folder they are unpacked into.
+fn check_entry_name(name: &str) -> Result<(), DatasetError> {
+    let unsafe_path = |reason| {
+        Err(DatasetError::UnsafePath {
+            path: name.to_string(),
+            reason,
+        })
+    };
+    if name.contains('\0') {
+        return unsafe_path("has a NUL character in its name");
+    }
+    let bytes = name.as_bytes();
+    if name.starts_with('/')
+        || name.starts_with('\\')
+        || (bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':')
+    {
+        return unsafe_path("is an absolute path");
+    }
+    if name.split(['/', '\\']).any(|part| part == "..") {
+        return unsafe_path("points outside the archive (\"..\")");
+    }
+    Ok(())
+}
+
+/// Entries that operating systems add and that are not part of a dataset.
+fn is_ignored(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    name.starts_with("__MACOSX/")
+        || base.starts_with("._")
+        || matches!(base, ".DS_Store" | "Thumbs.db" | "desktop.ini")
+}
+
+/// `"folder/"` when every file is inside that one top-level folder, else `""`.
+fn common_root(files: &[String]) -> String {
+    let mut first: Option<&str> = None;
+    for file in files {
+        let Some((top, _)) = file.split_once('/') else {
+            return String::new();
+        };
+        match first {
+            None => first = Some(top),
+            Some(f) if f == top => {}
+            Some(_) => return String::new(),
+        }
+    }
+    first.map(|f| format!("{f}/")).unwrap_or_default()
+}
+
+/// The entry count the end-of-central-directory record declares, read before the ZIP
+/// reader allocates anything for the entries. `None` when no record is found (the ZIP
+/// reader then reports the archive as unreadable).
+fn declared_entries<R: Read + Seek>(reader: &mut R) -> Result<Option<u64>, DatasetError> {
+    let len = reader.seek(SeekFrom::End(0))?;
+    let tail_len = len.min(65_557);
+    reader.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    reader.read_exact(&mut tail)?;
+    let Some(at) = tail.windows(4).rposition(|w| w == b"PK\x05\x06") else {
+        return Ok(None);
+    };
+    let Some(record) = tail.get(at..at + 22) else {
+        return Ok(None);
+    };
+    let entries = u16::from_le_bytes([record[10], record[11]]);
+    if entries != u16::MAX {
+        return Ok(Some(u64::from(entries)));
+    }
+    // ZIP64: the locator just before the record gives where the ZIP64 record is.
+    let Some(locator) = at.checked_sub(20).and_then(|l| tail.get(l..l + 20)) else {
+        return Ok(None);
+    };
+    if &locator[..4] != b"PK\x06\x07" {
+        return Ok(None);
+    }
+    let offset = u64::from_le_bytes(locator[8..16].try_into().expect("8 bytes"));
+    if offset.saturating_add(56) > len {
+        return Ok(None);
+    }
+    reader.seek(SeekFrom::Start(offset))?;
+    let mut record = [0u8; 56];
+    reader.read_exact(&mut record)?;
+    if &record[..4] != b"PK\x06\x06" {
+        return Ok(None);
+    }
+    Ok(Some(u64::from_le_bytes(
+        record[32..40].try_into().expect("8 bytes"),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names_that_escape_are_refused() {
+        assert!(check_entry_name("images/a.png").is_ok());
+        assert!(check_entry_name("a..b/c.png").is_ok());
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "/etc/passwd",
+            "C:\\x.png",
+            "a\\..\\b",
+        ] {
+            assert_eq!(
+                check_entry_name(bad).unwrap_err().code(),
+                "unsafe_path",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_single_top_folder_is_the_root() {
+        assert_eq!(
+            common_root(&["d/manifest.csv".into(), "d/a/1.png".into()]),
+            "d/"
+        );
+        assert_eq!(common_root(&["manifest.csv".into(), "d/1.png".into()]), "");
+        assert_eq!(common_root(&["d/m.csv".into(), "e/1.png".into()]), "");
+    }
+}
