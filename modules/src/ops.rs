@@ -11,7 +11,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{D, DType, Device, Module, Result, Shape, Tensor};
+use candle_core::cpu::erf::erf_f32;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Module, Result, Shape, Tensor,
+};
 use candle_nn::VarBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -59,19 +62,52 @@ impl SeededRng {
     }
 }
 
-/// Layer norm over the last dimension, built from mean/variance ops so it has a backward
-/// pass (unlike candle-nn's fused kernel).
+/// Layer norm over the last dimension, with a backward pass (unlike candle-nn's fused
+/// kernel). On CPU f32 the normalization is one fused op with a hand-written backward
+/// ([`Normalize`]); the affine `x̂ · weight + bias` stays in plain ops, so a `Var` weight or
+/// bias (in a head) gets its gradient too.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = xs.mean_keepdim(D::Minus1)?;
-    let centered = xs.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let normed = if fused_path(xs) {
+        xs.contiguous()?.apply_op1(Normalize { eps })?
+    } else {
+        normalize_composed(xs, eps)?
+    };
     normed.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
-/// Softmax over the last dimension from `exp`/`sum`, with a backward pass (unlike
-/// `candle_nn::ops::softmax_last_dim`).
+/// The same as [`layer_norm`] from mean/variance tensor ops only (any device or dtype;
+/// the reference the fused op is tested against).
+pub fn layer_norm_composed(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    normalize_composed(xs, eps)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+fn normalize_composed(xs: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let centered = xs.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+/// Softmax over the last dimension, with a backward pass (unlike
+/// `candle_nn::ops::softmax_last_dim`): one fused op with a hand-written backward on CPU
+/// f32, plain tensor ops elsewhere.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if fused_path(xs) {
+        xs.contiguous()?.apply_op1(Softmax)
+    } else {
+        softmax_last_dim_composed(xs)
+    }
+}
+
+/// Softmax from `exp`/`sum` tensor ops only.
+pub fn softmax_last_dim_composed(xs: &Tensor) -> Result<Tensor> {
     // Subtracting the row maximum keeps `exp` finite; softmax is shift-invariant, so the
     // maximum is detached: its gradient contribution is exactly zero anyway.
     let max = xs.max_keepdim(D::Minus1)?.detach();
@@ -80,9 +116,235 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// GELU in the exact erf form that BERT uses (`hidden_act: "gelu"`). candle's `gelu_erf`
-/// has a backward pass in 0.11 (checked by a test against finite differences).
+/// has a correct backward pass in 0.11, but composes it from eight element-wise ops; on CPU
+/// f32 this is one fused op with a one-pass backward.
 pub fn gelu(xs: &Tensor) -> Result<Tensor> {
-    xs.gelu_erf()
+    if fused_path(xs) {
+        xs.contiguous()?.apply_op1(GeluErf)
+    } else {
+        xs.gelu_erf()
+    }
+}
+
+fn fused_path(xs: &Tensor) -> bool {
+    xs.device().is_cpu()
+        && xs.dtype() == DType::F32
+        && xs.rank() > 0
+        && xs.dim(D::Minus1).is_ok_and(|d| d > 0)
+}
+
+/// The f32 values of a contiguous CPU tensor's storage.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fused op on a non-contiguous tensor"),
+    }
+}
+
+fn last_dim(layout: &Layout) -> usize {
+    layout.dims().last().copied().unwrap_or(1)
+}
+
+/// `(x - mean) / sqrt(var + eps)` per row of the last dimension.
+struct Normalize {
+    eps: f64,
+}
+
+/// Mean and `1 / sqrt(var + eps)` of a row, in f64 for accuracy.
+fn row_stats(row: &[f32], eps: f64) -> (f64, f64) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        "tailor-normalize"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(storage, layout)?;
+        let dim = last_dim(layout);
+        let mut out = vec![0f32; xs.len()];
+        for (row, out) in xs.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            let (mean, inv_std) = row_stats(row, self.eps);
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = ((v as f64 - mean) * inv_std) as f32;
+            }
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &NormalizeBackward { eps: self.eps },
+        )?))
+    }
+}
+
+/// `dx = (g - mean(g) - x̂ · mean(g · x̂)) / σ`, from the input `x` and the gradient `g`.
+struct NormalizeBackward {
+    eps: f64,
+}
+
+impl CustomOp2 for NormalizeBackward {
+    fn name(&self) -> &'static str {
+        "tailor-normalize-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xs, gs) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let dim = last_dim(l1);
+        let mut out = vec![0f32; xs.len()];
+        for ((row, g), out) in xs
+            .chunks_exact(dim)
+            .zip(gs.chunks_exact(dim))
+            .zip(out.chunks_exact_mut(dim))
+        {
+            let (mean, inv_std) = row_stats(row, self.eps);
+            let n = dim as f64;
+            let (mut g_mean, mut gx_mean) = (0f64, 0f64);
+            for (&v, &g) in row.iter().zip(g) {
+                g_mean += g as f64;
+                gx_mean += g as f64 * (v as f64 - mean) * inv_std;
+            }
+            g_mean /= n;
+            gx_mean /= n;
+            for ((o, &v), &g) in out.iter_mut().zip(row).zip(g) {
+                let x_hat = (v as f64 - mean) * inv_std;
+                *o = ((g as f64 - g_mean - x_hat * gx_mean) * inv_std) as f32;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension.
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "tailor-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(storage, layout)?;
+        let dim = last_dim(layout);
+        let mut out = vec![0f32; xs.len()];
+        for (row, out) in xs.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = (v - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|o| *o *= inv);
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?,
+        ))
+    }
+}
+
+/// `dx = y · (g - Σ g·y)` from the softmax output `y` and the gradient `g`.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "tailor-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (ys, gs) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let dim = last_dim(l1);
+        let mut out = vec![0f32; ys.len()];
+        for ((y, g), out) in ys
+            .chunks_exact(dim)
+            .zip(gs.chunks_exact(dim))
+            .zip(out.chunks_exact_mut(dim))
+        {
+            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+            for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
+                *o = y * (g - dot);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `x Φ(x)`, Φ the standard normal CDF.
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "tailor-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(storage, layout)?;
+        let out = xs
+            .iter()
+            .map(|&v| (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v)
+            .collect();
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluErfBackward)?,
+        ))
+    }
+}
+
+/// `g · (Φ(x) + x φ(x))`, φ the standard normal density.
+struct GeluErfBackward;
+
+impl CustomOp2 for GeluErfBackward {
+    fn name(&self) -> &'static str {
+        "tailor-gelu-erf-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xs, gs) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        // 1 / sqrt(2π)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let out = xs
+            .iter()
+            .zip(gs)
+            .map(|(&x, &g)| {
+                let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = INV_SQRT_2PI * (-0.5 * x * x).exp();
+                g * (cdf + x * pdf)
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
 }
 
 /// Inverted dropout: in training, zeroes each element with probability `p` and scales the

@@ -1,0 +1,189 @@
+//! Timing of the MiniLM encoder (a benchmark, so ignored by default):
+//!
+//!     cargo test -p tailor-modules --test text_speed -- --ignored --nocapture
+//!
+//! Batch 32 of 128 tokens: inference, and a training step's forward + backward with LoRA on
+//! query/value.
+
+mod text_support;
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use tailor_modules::encoder::Encoder;
+use tailor_modules::lora::LoraConfig;
+use tailor_modules::text::{Pooling, TextEncoder, TextEncoderOptions};
+use text_support::minilm;
+
+fn batch() -> Vec<String> {
+    // Long enough to be truncated at 128 tokens, so every row has exactly 128.
+    let words =
+        "the tenant shall pay the rent monthly in advance and keep the premises in good repair ";
+    (0..32)
+        .map(|i| format!("{i} {}", words.repeat(12)))
+        .collect()
+}
+
+fn time<T>(label: &str, runs: usize, mut f: impl FnMut() -> T) -> f64 {
+    f(); // warm-up
+    let start = Instant::now();
+    for _ in 0..runs {
+        f();
+    }
+    let secs = start.elapsed().as_secs_f64() / runs as f64;
+    println!(
+        "{label}: {:.1} ms per batch of 32, {:.1} sequences/s",
+        secs * 1e3,
+        32.0 / secs
+    );
+    secs
+}
+
+#[test]
+#[ignore = "benchmark"]
+fn minilm_batch_32_by_128_tokens() {
+    let lora = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        targets: vec!["query".into(), "value".into()],
+    };
+    let options = TextEncoderOptions {
+        pooling: Pooling::Mean,
+        max_tokens: 128,
+        lora: Some(lora),
+        seed: 7,
+        ..Default::default()
+    };
+    let mut encoder = TextEncoder::load(minilm(), &options).unwrap();
+    let input = encoder.tokenize(&batch()).unwrap();
+    assert_eq!(input.ids.dims(), &[32, 128]);
+    let vars = encoder.adapter_vars();
+
+    time("tokenize", 5, || encoder.tokenize(&batch()).unwrap());
+    time("eval forward (LoRA unmerged)", 3, || {
+        encoder.encode_tokenized(&input, false).unwrap()
+    });
+    time("train forward", 3, || {
+        encoder.encode_tokenized(&input, true).unwrap()
+    });
+    time("train forward + backward", 3, || {
+        let pooled = encoder.encode_tokenized(&input, true).unwrap().pooled;
+        let grads = pooled.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g: Vec<&Tensor> = vars
+            .iter()
+            .filter_map(|(_, v)| grads.get(v.as_tensor()))
+            .collect();
+        assert_eq!(g.len(), vars.len());
+    });
+    encoder.merge_adapters().unwrap();
+    time("eval forward (LoRA merged)", 3, || {
+        encoder.encode_tokenized(&input, false).unwrap()
+    });
+}
+
+#[test]
+#[ignore = "benchmark"]
+fn encoder_building_blocks() {
+    use candle_core::{DType, Device};
+    use tailor_modules::ops;
+    let dev = Device::Cpu;
+    let rng = tailor_modules::ops::SeededRng::new(1);
+    let x = rng.uniform((32, 128, 384), -1.0, 1.0, &dev).unwrap();
+    let w = rng.uniform((384, 384), -0.05, 0.05, &dev).unwrap();
+    let w_t = w.t().unwrap().contiguous().unwrap();
+    let wi = rng.uniform((1536, 384), -0.05, 0.05, &dev).unwrap();
+    let h = rng.uniform((32, 128, 1536), -1.0, 1.0, &dev).unwrap();
+    let scores = rng.uniform((32, 12, 128, 128), -1.0, 1.0, &dev).unwrap();
+    let q = rng.uniform((32, 12, 128, 32), -1.0, 1.0, &dev).unwrap();
+    let lnw = Tensor::ones(384, DType::F32, &dev).unwrap();
+    let lnb = Tensor::zeros(384, DType::F32, &dev).unwrap();
+    let flops = |secs: f64, f: f64| println!("    {:.1} GFLOP/s", f / secs / 1e9);
+    let s = time("matmul_t 4096x384 · (384x384)^T", 5, || {
+        ops::matmul_t(&x, &w).unwrap()
+    });
+    flops(s, 2.0 * 4096.0 * 384.0 * 384.0 * 32.0);
+    time("matmul with pre-transposed contiguous weight", 5, || {
+        x.reshape((4096, 384)).unwrap().matmul(&w_t).unwrap()
+    });
+    time("broadcast_matmul (candle-nn Linear style)", 5, || {
+        x.broadcast_matmul(&w.t().unwrap()).unwrap()
+    });
+    time("matmul_t 4096x384 · (1536x384)^T", 3, || {
+        ops::matmul_t(&x, &wi).unwrap()
+    });
+    time("q k^T (32x12 batched 128x32x128)", 3, || {
+        q.matmul(&q.t().unwrap()).unwrap()
+    });
+    time("q k^T with contiguous k^T", 3, || {
+        q.matmul(&q.t().unwrap().contiguous().unwrap()).unwrap()
+    });
+    time("gelu_erf 4096x1536", 3, || ops::gelu(&h).unwrap());
+    time("layer_norm 4096x384", 5, || {
+        ops::layer_norm(&x, &lnw, &lnb, 1e-12).unwrap()
+    });
+    time("softmax 32x12x128x128", 3, || {
+        ops::softmax_last_dim(&scores).unwrap()
+    });
+    time("fused softmax 32x12x128x128", 3, || {
+        candle_nn::ops::softmax_last_dim(&scores).unwrap()
+    });
+    time("transpose(1,2)+contiguous 32x128x12x32", 5, || {
+        x.reshape((32, 128, 12, 32))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    });
+}
+
+#[test]
+#[ignore = "benchmark"]
+fn backward_building_blocks() {
+    use candle_core::{DType, Device, Var};
+    use tailor_modules::ops;
+    let dev = Device::Cpu;
+    let rng = tailor_modules::ops::SeededRng::new(1);
+    let x = Var::from_tensor(&rng.uniform((32, 128, 384), -1.0, 1.0, &dev).unwrap()).unwrap();
+    let h = Var::from_tensor(&rng.uniform((32, 128, 1536), -1.0, 1.0, &dev).unwrap()).unwrap();
+    let scores =
+        Var::from_tensor(&rng.uniform((32, 12, 128, 128), -1.0, 1.0, &dev).unwrap()).unwrap();
+    let wi = rng.uniform((1536, 384), -0.05, 0.05, &dev).unwrap();
+    let lnw = Tensor::ones(384, DType::F32, &dev).unwrap();
+    let lnb = Tensor::zeros(384, DType::F32, &dev).unwrap();
+    time("layer_norm f+b", 3, || {
+        ops::layer_norm(&x, &lnw, &lnb, 1e-12)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    });
+    time("softmax f+b", 3, || {
+        ops::softmax_last_dim(&scores)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    });
+    time("gelu f+b", 3, || {
+        ops::gelu(&h)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    });
+    time("ffn matmul f+b", 3, || {
+        ops::matmul_t(&x, &wi)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    });
+}
