@@ -1,1 +1,99 @@
-fn main() {}
+//! The `tailor` command: parses arguments and calls the crates' `run` functions.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tailor_core::{Settings, db, demo, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "tailor",
+    version,
+    about = "Assemble pretrained modules, tune them with LoRA, serve them behind API keys"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the portal (pages and JSON API).
+    Serve,
+    /// Run the inference gateway.
+    Gateway,
+    /// Run a training worker.
+    Worker,
+    /// Migrate, then run portal, gateway and worker in one process.
+    Up {
+        /// Also create the demo user and organization (idempotent).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Create the database if needed and apply migrations.
+    Migrate,
+    /// Create the demo user (demo@tailor.local / tailor-demo) and organization.
+    Demo,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load()?;
+    telemetry::init(&settings.telemetry);
+    match cli.command {
+        Command::Serve => serve(settings).await,
+        Command::Gateway => gateway(settings).await,
+        Command::Worker => worker().await,
+        Command::Migrate => db::migrate(&settings.database).await,
+        Command::Demo => {
+            db::migrate(&settings.database).await?;
+            make_demo(&settings).await
+        }
+        Command::Up { demo } => {
+            db::migrate(&settings.database).await?;
+            if demo {
+                make_demo(&settings).await?;
+            }
+            tokio::select! {
+                r = serve(settings.clone()) => { tracing::error!(?r, "portal stopped"); r }
+                r = gateway(settings.clone()) => { tracing::error!(?r, "gateway stopped"); r }
+                r = worker() => { tracing::info!(?r, "worker stopped"); r }
+            }
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = tailor_portal::Application::build(settings).await?;
+    app.run_until_stopped().await.context("portal server")
+}
+
+async fn gateway(settings: Settings) -> anyhow::Result<()> {
+    let app = tailor_gateway::Application::build(settings).await?;
+    app.run_until_stopped().await.context("gateway server")
+}
+
+/// Placeholder until the training worker lands: waits for SIGTERM or Ctrl-C.
+async fn worker() -> anyhow::Result<()> {
+    tracing::info!("no worker yet; waiting for SIGTERM");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
+    }
+    Ok(())
+}
+
+async fn make_demo(settings: &Settings) -> anyhow::Result<()> {
+    let pool = db::pool(&settings.database)?;
+    let made = demo::ensure_demo(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the demo: {e:?}"))?;
+    println!(
+        "demo ready: sign in as {} / {} (organization {})",
+        demo::DEMO_EMAIL,
+        demo::DEMO_PASSWORD,
+        made.org_id
+    );
+    Ok(())
+}

@@ -1,1 +1,9 @@
-//! Placeholder until its issue lands.
+//! The portal: HTML pages (tera) and the JSON API under `/api/v1`.
+
+pub mod auth;
+pub mod i18n;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+pub use startup::Application;

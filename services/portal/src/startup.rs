@@ -1,0 +1,71 @@
+//! Builds the portal's HTTP server: binds the listener (port 0 in tests) and wires routes.
+
+use std::{net::TcpListener, sync::Arc};
+
+use actix_web::{App, HttpServer, dev::Server, web};
+use anyhow::Context;
+use tailor_core::{Settings, auth::JwtKeys, db, storage};
+
+use crate::{i18n::Templates, routes, state::AppState};
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let pool = db::pool(&settings.database)?;
+        let store = storage::build(&settings.object_store)?;
+        let listener = TcpListener::bind((
+            settings.application.host.as_str(),
+            settings.application.port,
+        ))
+        .with_context(|| {
+            format!(
+                "binding {}:{}",
+                settings.application.host, settings.application.port
+            )
+        })?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            jwt: JwtKeys::new(&settings.auth),
+            templates: Templates::load().context("loading templates")?,
+            settings: Arc::new(settings),
+            pool,
+            store,
+        });
+        let json_limit = 1024 * 1024;
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(
+                    actix_web::middleware::Logger::new("%r %s %Dms")
+                        .log_target("tailor_portal::http"),
+                )
+                .app_data(state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(json_limit)
+                        .error_handler(routes::json_error),
+                )
+                .app_data(web::FormConfig::default().limit(json_limit))
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|_, _| tailor_core::Error::NotFound.into()),
+                )
+                .configure(routes::configure)
+        })
+        .listen(listener)?
+        .run();
+        tracing::info!(port, "portal listening");
+        Ok(Application { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
