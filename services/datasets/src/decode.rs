@@ -20,6 +20,8 @@ pub enum TextEncoding {
 
 /// How many bytes after the first non-ASCII byte are looked at to decide the encoding.
 const DECIDE_WINDOW: usize = 4096;
+/// How many bytes at the start are checked for NUL bytes (a sign of a binary file).
+const BINARY_SNIFF_BYTES: u64 = 8192;
 
 pub(crate) struct DecodeError {
     pub offset: u64,
@@ -41,6 +43,8 @@ pub(crate) struct TextDecoder {
     /// Raw bytes handed to the decoder so far (offset of the next input byte).
     consumed: u64,
     encoding: Option<TextEncoding>,
+    /// Bytes checked for NUL so far.
+    sniffed: u64,
 }
 
 pub(crate) enum StartError {
@@ -55,6 +59,7 @@ impl TextDecoder {
             state: State::Start(Vec::new()),
             consumed: 0,
             encoding: None,
+            sniffed: 0,
         }
     }
 
@@ -83,9 +88,6 @@ impl TextDecoder {
             if buf.starts_with(&[0xFF, 0xFE]) || buf.starts_with(&[0xFE, 0xFF]) {
                 return Err(Err(StartError::Utf16));
             }
-            if buf.iter().take(8192).any(|&b| b == 0) {
-                return Err(Err(StartError::Binary));
-            }
             if buf.starts_with(&[0xEF, 0xBB, 0xBF]) {
                 self.encoding = Some(TextEncoding::Utf8Bom);
                 self.consumed = 3;
@@ -96,6 +98,16 @@ impl TextDecoder {
                 pending: Vec::new(),
             };
             return self.decode(&buf, last, out);
+        }
+        // Text never holds NUL bytes; images, PDFs and spreadsheets do, early on.
+        if self.sniffed < BINARY_SNIFF_BYTES {
+            let n = input
+                .len()
+                .min((BINARY_SNIFF_BYTES - self.sniffed) as usize);
+            if memchr::memchr(0, &input[..n]).is_some() {
+                return Err(Err(StartError::Binary));
+            }
+            self.sniffed += n as u64;
         }
         if let State::Ascii { pending } = &mut self.state {
             if pending.is_empty() {
