@@ -1,0 +1,310 @@
+//! ZIP archives of files with a manifest: references, safety, limits.
+
+use std::io::{Cursor, Write};
+
+use tailor_datasets::{
+    ColumnType, DatasetError, DatasetReport, Limits, Modality, Status, ValidationOptions,
+    WarningKind, validate_archive,
+};
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+fn deflated() -> SimpleFileOptions {
+    SimpleFileOptions::default().compression_method(CompressionMethod::Deflated)
+}
+
+/// A ZIP holding `entries` (name, content), written with the zip crate.
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut writer = ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, content) in entries {
+        writer.start_file(*name, deflated()).unwrap();
+        writer.write_all(content).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+fn check(bytes: Vec<u8>) -> Result<DatasetReport, DatasetError> {
+    check_with(bytes, Limits::default())
+}
+
+fn check_with(bytes: Vec<u8>, limits: Limits) -> Result<DatasetReport, DatasetError> {
+    let options = ValidationOptions {
+        limits,
+        ..Default::default()
+    };
+    validate_archive(Cursor::new(bytes), options)
+}
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n fake image";
+
+fn scans_manifest(rows: usize) -> String {
+    let mut csv = String::from("file,finding\n");
+    for i in 0..rows {
+        csv.push_str(&format!("scans/{i}.png,{}\n", ["normal", "nodule"][i % 2]));
+    }
+    csv
+}
+
+#[test]
+fn a_manifest_with_its_files_is_accepted() {
+    let manifest = scans_manifest(12);
+    let names: Vec<String> = (0..12).map(|i| format!("scans/{i}.png")).collect();
+    let mut entries: Vec<(&str, &[u8])> = vec![("manifest.csv", manifest.as_bytes())];
+    entries.extend(names.iter().map(|n| (n.as_str(), PNG)));
+    entries.push(("extra/notes.wav", b"RIFF"));
+    let bytes = zip_of(&entries);
+    let size = bytes.len() as u64;
+    let report = check(bytes).unwrap();
+    assert_eq!(report.status, Status::Accepted, "{:?}", report.errors);
+    assert_eq!(report.bytes, size);
+    assert_eq!(report.profile.rows, 12);
+    let file = &report.profile.columns[0];
+    assert_eq!(file.column_type, ColumnType::File);
+    assert_eq!(file.modality, Some(Modality::Image));
+    assert_eq!(report.profile.columns[1].column_type, ColumnType::Category);
+    let archive = report.profile.archive.as_ref().unwrap();
+    assert_eq!(archive.manifest, "manifest.csv");
+    assert_eq!(archive.files, 13);
+    assert_eq!(archive.unreferenced_files, 1);
+    assert_eq!(
+        archive.files_by_modality,
+        vec![(Modality::Image, 12), (Modality::Audio, 1)]
+    );
+    assert!(report.warnings.iter().any(|w| matches!(
+        &w.kind,
+        WarningKind::UnreferencedFiles { count: 1, examples } if examples == &["extra/notes.wav"]
+    )));
+}
+
+#[test]
+fn a_row_naming_a_missing_file_is_a_row_error() {
+    let mut manifest = scans_manifest(4);
+    manifest.push_str("scans/missing.png,normal\n./scans/0.png,normal\n../outside.png,nodule\n");
+    let names: Vec<String> = (0..4).map(|i| format!("scans/{i}.png")).collect();
+    let mut entries: Vec<(&str, &[u8])> = vec![("manifest.csv", manifest.as_bytes())];
+    entries.extend(names.iter().map(|n| (n.as_str(), PNG)));
+    let report = check(zip_of(&entries)).unwrap();
+    assert_eq!(report.status, Status::Rejected);
+    let messages: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        vec![
+            "manifest.csv, line 6, column \"file\": file \"scans/missing.png\" is not in the archive",
+            "manifest.csv, line 8, column \"file\": \"../outside.png\" points outside the archive; name files by their path inside it",
+        ]
+    );
+}
+
+#[test]
+fn one_top_folder_jsonl_manifest_and_os_litter() {
+    let mut manifest = String::new();
+    for i in 0..6 {
+        manifest.push_str(&format!(
+            "{{\"audio\": \"clips/{i}.wav\", \"speaker\": \"{}\", \"tags\": [\"calm\"]}}\n",
+            ["ann", "bob"][i % 2]
+        ));
+    }
+    let names: Vec<String> = (0..6).map(|i| format!("dataset/clips/{i}.wav")).collect();
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        ("dataset/manifest.jsonl", manifest.as_bytes()),
+        ("__MACOSX/dataset/._manifest.jsonl", b"junk"),
+        ("dataset/.DS_Store", b"junk"),
+    ];
+    entries.extend(names.iter().map(|n| (n.as_str(), b"RIFF....".as_slice())));
+    let report = check(zip_of(&entries)).unwrap();
+    assert_eq!(report.status, Status::Accepted, "{:?}", report.errors);
+    assert_eq!(
+        report.profile.archive.as_ref().unwrap().manifest,
+        "dataset/manifest.jsonl"
+    );
+    assert_eq!(report.profile.columns[0].column_type, ColumnType::File);
+    assert_eq!(report.profile.columns[0].modality, Some(Modality::Audio));
+    assert_eq!(
+        report.profile.columns[2].column_type,
+        ColumnType::MultiLabel
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .all(|w| !matches!(w.kind, WarningKind::UnreferencedFiles { .. }))
+    );
+}
+
+#[test]
+fn the_only_table_at_the_top_is_the_manifest() {
+    let manifest = scans_manifest(2);
+    let report = check(zip_of(&[
+        ("labels.csv", manifest.as_bytes()),
+        ("scans/0.png", PNG),
+        ("scans/1.png", PNG),
+        ("scans/readme.csv", b"a\n1\n"),
+    ]))
+    .unwrap();
+    assert_eq!(report.profile.archive.unwrap().manifest, "labels.csv");
+}
+
+#[test]
+fn same_file_with_different_labels_is_a_warning() {
+    let mut manifest = scans_manifest(10);
+    manifest.push_str("scans/0.png,nodule\n");
+    let names: Vec<String> = (0..10).map(|i| format!("scans/{i}.png")).collect();
+    let mut entries: Vec<(&str, &[u8])> = vec![("manifest.csv", manifest.as_bytes())];
+    entries.extend(names.iter().map(|n| (n.as_str(), PNG)));
+    let report = check(zip_of(&entries)).unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| matches!(&w.kind, WarningKind::ConflictingLabels { count: 1, .. })),
+        "{:?}",
+        report.warnings
+    );
+}
+
+#[test]
+fn no_manifest_or_several_tables() {
+    assert_eq!(
+        check(zip_of(&[("a.png", PNG)])).unwrap_err().code(),
+        "no_manifest"
+    );
+    let err = check(zip_of(&[("a.csv", b"x\n1\n"), ("b.jsonl", b"{}\n")])).unwrap_err();
+    assert_eq!(err.code(), "ambiguous_manifest");
+    assert!(err.to_string().contains("a.csv, b.jsonl"), "{err}");
+}
+
+#[test]
+fn not_a_zip() {
+    let err = check(b"text,label\na,b\n".to_vec()).unwrap_err();
+    assert_eq!(err.code(), "not_a_zip");
+    assert_eq!(check(Vec::new()).unwrap_err().code(), "empty");
+}
+
+#[test]
+fn path_traversal_is_refused() {
+    let err = check(zip_of(&[
+        ("manifest.csv", b"file\na.png\n"),
+        ("../../etc/cron.d/x", b"boom"),
+    ]))
+    .unwrap_err();
+    assert_eq!(err.code(), "unsafe_path");
+    assert_eq!(
+        err.to_string(),
+        "the archive entry \"../../etc/cron.d/x\" points outside the archive (\"..\"); the archive is refused for safety"
+    );
+    let err = check(zip_of(&[("images/../../x.png", PNG)])).unwrap_err();
+    assert_eq!(err.code(), "unsafe_path");
+}
+
+#[test]
+fn absolute_paths_are_refused() {
+    let err = check(zip_of(&[("/etc/passwd", b"root")])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DatasetError::UnsafePath {
+                reason: "is an absolute path",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = check(zip_of(&[("C:\\Windows\\x.dll", b"MZ")])).unwrap_err();
+    assert_eq!(err.code(), "unsafe_path");
+}
+
+#[test]
+fn symlinks_are_refused() {
+    let mut writer = ZipWriter::new(Cursor::new(Vec::new()));
+    writer.start_file("manifest.csv", deflated()).unwrap();
+    writer.write_all(b"file,label\nlink.png,a\n").unwrap();
+    writer
+        .add_symlink("link.png", "/etc/passwd", SimpleFileOptions::default())
+        .unwrap();
+    let bytes = writer.finish().unwrap().into_inner();
+    let err = check(bytes).unwrap_err();
+    assert!(
+        matches!(&err, DatasetError::Symlink { path } if path == "link.png"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_zip_bomb_is_measured_and_refused() {
+    // 64 MiB of zeros deflates to about 64 KiB.
+    let mut writer = ZipWriter::new(Cursor::new(Vec::new()));
+    writer.start_file("manifest.csv", deflated()).unwrap();
+    writer.write_all(b"file\nzeros.bin\n").unwrap();
+    writer.start_file("zeros.bin", deflated()).unwrap();
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        writer.write_all(&block).unwrap();
+    }
+    let bytes = writer.finish().unwrap().into_inner();
+    assert!(
+        bytes.len() < 1 << 20,
+        "the bomb is small: {} bytes",
+        bytes.len()
+    );
+    let limits = Limits {
+        max_unpacked_bytes: 16 << 20,
+        ..Default::default()
+    };
+    let err = check_with(bytes.clone(), limits).unwrap_err();
+    assert!(matches!(err, DatasetError::UnpackedTooLarge { limit } if limit == 16 << 20));
+    assert_eq!(
+        err.to_string(),
+        "the archive unpacks to more than 16 MiB; it is either a ZIP bomb or too large to train on"
+    );
+    // Within the limit, the same archive is fine.
+    let report = check(bytes).unwrap();
+    assert_eq!(
+        report.profile.archive.unwrap().unpacked_bytes,
+        (64 << 20) + 15
+    );
+}
+
+#[test]
+fn a_bomb_whose_headers_lie_is_still_refused() {
+    let mut writer = ZipWriter::new(Cursor::new(Vec::new()));
+    writer.start_file("zeros.bin", deflated()).unwrap();
+    writer.write_all(&vec![0u8; 8 << 20]).unwrap();
+    let mut bytes = writer.finish().unwrap().into_inner();
+    // Claim 1 byte unpacked in both the local header (offset 22) and the central
+    // directory entry (offset 24), as a hostile archive would.
+    bytes[22..26].copy_from_slice(&1u32.to_le_bytes());
+    let central = bytes.windows(4).rposition(|w| w == b"PK\x01\x02").unwrap();
+    bytes[central + 24..central + 28].copy_from_slice(&1u32.to_le_bytes());
+    let limits = Limits {
+        max_unpacked_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let err = check_with(bytes, limits).unwrap_err();
+    // Either the measured size is over the limit, or the reader refuses the lie.
+    assert!(
+        matches!(err.code(), "unpacked_too_large" | "corrupt_entry"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn too_many_entries() {
+    let names: Vec<String> = (0..20).map(|i| format!("{i}.png")).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), PNG)).collect();
+    let limits = Limits {
+        max_archive_entries: 10,
+        ..Default::default()
+    };
+    let err = check_with(zip_of(&entries), limits).unwrap_err();
+    assert!(matches!(err, DatasetError::TooManyEntries { limit: 10 }));
+}
+
+#[test]
+fn over_the_byte_limit() {
+    let bytes = zip_of(&[("manifest.csv", scans_manifest(100).as_bytes())]);
+    let limits = Limits {
+        max_bytes: 100,
+        ..Default::default()
+    };
+    assert_eq!(check_with(bytes, limits).unwrap_err().code(), "too_large");
+}
