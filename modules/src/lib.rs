@@ -14,3 +14,6 @@ pub mod blueprint;
 pub mod catalog;
 pub mod metrics;
 pub mod schedule;
+pub mod heads;
+pub mod train;
+pub mod evaluate;

@@ -1,0 +1,607 @@
+//! The training loop and evaluation on a tiny, seeded toy encoder (an embedding bag over
+//! bytes with a LoRA-like adapter), so these tests need no checkpoint and run in seconds.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tailor_modules::blueprint::{
+    Blueprint, ClassWeighting, ColumnType, CompiledBlueprint, CompiledInput, DatasetSchema,
+    LoraSettings, compile,
+};
+use tailor_modules::catalog::Catalog;
+use tailor_modules::encoder::{Encoded, Encoder, Prepared, RawColumn, Tokenized};
+use tailor_modules::evaluate::{EvaluateOptions, Evaluation, HeldOut, train_and_evaluate};
+use tailor_modules::heads::Target;
+use tailor_modules::metrics::Metrics;
+use tailor_modules::train::{
+    Event, Examples, InputValue, Model, Row, StopReason, TrainOptions, TrainOutcome, TrainState,
+    clip_grad_norm, global_norm, train,
+};
+
+const WIDTH: usize = 16;
+const RANK: usize = 4;
+
+/// Mean of fixed random byte embeddings, plus a LoRA-like trainable `A[ids]·B` (B starts at
+/// zero, so the adapter starts as a no-op, as LoRA does).
+struct ToyEncoder {
+    table: Tensor,
+    lora: Option<(Var, Var)>,
+}
+
+impl ToyEncoder {
+    fn new(lora: Option<&LoraSettings>, seed: u64) -> Result<Self> {
+        // The frozen "pretrained" table does not depend on the run's seed.
+        let mut rng = ChaCha8Rng::seed_from_u64(1234);
+        let table: Vec<f32> = (0..256 * WIDTH)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let table = Tensor::from_vec(table, (256, WIDTH), &Device::Cpu)?;
+        let lora = match lora {
+            None => None,
+            Some(_) => {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let a: Vec<f32> = (0..256 * RANK)
+                    .map(|_| rng.random_range(-0.5..0.5))
+                    .collect();
+                let a = Var::from_tensor(&Tensor::from_vec(a, (256, RANK), &Device::Cpu)?)?;
+                let b = Var::zeros((RANK, WIDTH), DType::F32, &Device::Cpu)?;
+                Some((a, b))
+            }
+        };
+        Ok(Self { table, lora })
+    }
+}
+
+impl Encoder for ToyEncoder {
+    fn width(&self) -> usize {
+        WIDTH
+    }
+
+    fn prepare(&self, raw: &RawColumn) -> Result<Prepared> {
+        let RawColumn::Text(texts) = raw;
+        let len = texts
+            .iter()
+            .map(|t| t.len().min(64))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let (mut ids, mut mask, mut word_ids) = (vec![], vec![], vec![]);
+        for t in texts {
+            let bytes = &t.as_bytes()[..t.len().min(64)];
+            let mut words = vec![];
+            let mut w = 0usize;
+            let mut in_word = false;
+            for &b in bytes {
+                if b == b' ' {
+                    if in_word {
+                        w += 1;
+                    }
+                    in_word = false;
+                    words.push(None);
+                } else {
+                    in_word = true;
+                    words.push(Some(w));
+                }
+            }
+            for i in 0..len {
+                ids.push(bytes.get(i).map_or(0u32, |&b| b as u32));
+                mask.push(if i < bytes.len() { 1f32 } else { 0.0 });
+            }
+            words.resize(len, None);
+            word_ids.push(words);
+        }
+        let b = texts.len();
+        Ok(Prepared::Text(Tokenized {
+            ids: Tensor::from_vec(ids, (b, len), &Device::Cpu)?,
+            type_ids: Tensor::zeros((b, len), DType::U32, &Device::Cpu)?,
+            mask: Tensor::from_vec(mask, (b, len), &Device::Cpu)?,
+            word_ids,
+        }))
+    }
+
+    fn forward(&self, input: &Prepared, _train: bool) -> Result<Encoded> {
+        let Prepared::Text(t) = input;
+        let (b, s) = t.ids.dims2()?;
+        let flat = t.ids.flatten_all()?;
+        let mut tokens = self.table.index_select(&flat, 0)?;
+        if let Some((a, bb)) = &self.lora {
+            tokens = (tokens
+                + a.as_tensor()
+                    .index_select(&flat, 0)?
+                    .matmul(bb.as_tensor())?)?;
+        }
+        let tokens = tokens.reshape((b, s, WIDTH))?;
+        let m = t.mask.unsqueeze(2)?;
+        let pooled = tokens
+            .broadcast_mul(&m)?
+            .sum(1)?
+            .broadcast_div(&m.sum(1)?)?;
+        Ok(Encoded {
+            tokens,
+            mask: t.mask.clone(),
+            pooled,
+        })
+    }
+
+    fn adapter_vars(&self) -> Vec<(String, Var)> {
+        match &self.lora {
+            None => vec![],
+            Some((a, b)) => vec![
+                ("toy.lora_A.weight".into(), a.clone()),
+                ("toy.lora_B.weight".into(), b.clone()),
+            ],
+        }
+    }
+}
+
+fn toy_factory(
+    _: &CompiledInput,
+    lora: Option<&LoraSettings>,
+    seed: u64,
+) -> anyhow::Result<Box<dyn Encoder>> {
+    Ok(Box::new(ToyEncoder::new(lora, seed)?))
+}
+
+/// Rows whose class is the keyword among random filler words.
+fn keyword_data(n: usize, seed: u64, imbalance: bool) -> Examples {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let keywords = ["good", "bad", "meh"];
+    let rows = (0..n)
+        .map(|i| {
+            let class = if imbalance {
+                usize::from(i % 5 == 0)
+            } else {
+                i % 3
+            };
+            let mut words: Vec<String> = (0..3)
+                .map(|_| {
+                    (0..rng.random_range(3..6))
+                        .map(|_| rng.random_range(b'p'..=b'z') as char)
+                        .collect()
+                })
+                .collect();
+            words.insert(rng.random_range(0..=3), keywords[class].to_string());
+            Row {
+                inputs: vec![InputValue::Text(words.join(" "))],
+                targets: vec![Target::Class(class)],
+            }
+        })
+        .collect();
+    Examples {
+        labels: vec![keywords.iter().map(|s| s.to_string()).collect()],
+        rows,
+    }
+}
+
+fn blueprint(extra: serde_json::Value) -> CompiledBlueprint {
+    let mut bp = serde_json::json!({ "name": "toy",
+        "inputs": [{ "name": "text", "modality": "text", "encoder": { "module": "text/bert", "folder": "toy" } }],
+        "outputs": [{ "name": "label", "task": "classification", "decoder": { "module": "head/linear", "dropout": 0.0 } }],
+        "adaptation": { "rank": 4, "alpha": 8 },
+        "training": { "epochs": 6, "batch_size": 8, "learning_rate": 0.05, "head_learning_rate": 0.05, "seed": 7,
+                      "early_stopping": { "metric": "accuracy", "patience": 0 } } });
+    if let serde_json::Value::Object(extra) = extra {
+        for (section, fields) in extra {
+            match fields {
+                serde_json::Value::Object(fields) => {
+                    for (k, v) in fields {
+                        bp[&section][k] = v;
+                    }
+                }
+                v => bp[&section] = v,
+            }
+        }
+    }
+    let bp: Blueprint = serde_json::from_value(bp).unwrap();
+    let schema = DatasetSchema::new([("text", ColumnType::Text), ("label", ColumnType::Category)]);
+    compile(&bp, &Catalog::builtin(), &schema).unwrap()
+}
+
+/// Runs `train` and returns the outcome with every step's loss.
+fn run(bp: &CompiledBlueprint, data: &Examples, options: TrainOptions) -> (TrainOutcome, Vec<f64>) {
+    let mut losses = vec![];
+    let outcome = train(bp, data, None, &toy_factory, options, &mut |e| {
+        if let Event::Step(s) = e {
+            losses.push(s.loss);
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    (outcome, losses)
+}
+
+fn params(model: &Model) -> Vec<(String, Vec<f32>)> {
+    model
+        .trainable()
+        .into_iter()
+        .map(|(n, v, _)| {
+            (
+                n,
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn accuracy(m: &Metrics) -> f64 {
+    m.get("accuracy").unwrap()
+}
+
+#[test]
+fn the_loss_falls_on_a_learnable_task() {
+    let data = keyword_data(120, 1, false);
+    let bp = blueprint(serde_json::json!({}));
+    let (outcome, _) = run(&bp, &data, TrainOptions::default());
+    let h = &outcome.history;
+    assert_eq!(outcome.stop, StopReason::Completed);
+    assert!(
+        h.last().unwrap().train_loss < 0.5 * h[0].train_loss,
+        "{h:#?}"
+    );
+    let test = keyword_data(60, 99, false);
+    let scores = outcome.model.score(&test, 16).unwrap();
+    assert!(accuracy(&scores[0]) > 0.9, "{scores:#?}");
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_gradient() {
+    let data = keyword_data(24, 1, false);
+    let bp = blueprint(serde_json::json!({}));
+    let model = Model::build(&bp, &data, &toy_factory, true).unwrap();
+    let trainable = model.trainable();
+    assert_eq!(trainable.len(), 4, "A, B, head weight and bias");
+    let rows: Vec<&Row> = data.rows.iter().collect();
+    let grads = model.loss(&rows, None).unwrap().backward().unwrap();
+    for (name, var, _) in &trainable {
+        // LoRA's A has a zero gradient while B is still zero (by design); B has one.
+        if name.contains("lora_A") {
+            continue;
+        }
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0, "zero gradient for {name}");
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_curve_and_another_seed_another() {
+    let data = keyword_data(40, 1, false);
+    let bp = blueprint(serde_json::json!({ "training": { "epochs": 2 } }));
+    let (_, a) = run(&bp, &data, TrainOptions::default());
+    let (_, b) = run(&bp, &data, TrainOptions::default());
+    assert_eq!(a, b);
+    let other = blueprint(serde_json::json!({ "training": { "epochs": 2, "seed": 8 } }));
+    let (_, c) = run(&other, &data, TrainOptions::default());
+    assert_ne!(a, c);
+}
+
+#[test]
+fn early_stopping_keeps_the_best_epoch() {
+    // Validation rows with the keywords' classes rotated: the better the model learns the
+    // training rows, the worse it does on these, so the best epoch is an early one.
+    let data = keyword_data(90, 1, false);
+    let mut val = keyword_data(30, 2, false);
+    for r in &mut val.rows {
+        if let Target::Class(c) = &mut r.targets[0] {
+            *c = (*c + 1) % 3;
+        }
+    }
+    let bp = blueprint(serde_json::json!({ "training": { "epochs": 30,
+        "early_stopping": { "metric": "loss", "patience": 2 } } }));
+    let outcome = train(
+        &bp,
+        &data,
+        Some(&val),
+        &toy_factory,
+        TrainOptions::default(),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    assert_eq!(outcome.stop, StopReason::EarlyStopped);
+    let best = outcome.best_epoch.unwrap();
+    assert_eq!(
+        outcome.history.len(),
+        best + 1 + 2,
+        "stops after patience epochs without improvement"
+    );
+    let best_loss = outcome.history[best].validation_loss;
+    assert!(
+        outcome
+            .history
+            .iter()
+            .all(|h| h.validation_loss >= best_loss)
+    );
+    // The returned model has the best epoch's weights, not the last one's.
+    let now = outcome.model.mean_loss(&val, 8).unwrap();
+    assert!((now - best_loss).abs() < 1e-5, "{now} vs best {best_loss}");
+    assert!(outcome.history.last().unwrap().validation_loss > best_loss);
+}
+
+#[test]
+fn the_callback_cancels_within_one_step() {
+    let data = keyword_data(60, 1, false);
+    let bp = blueprint(serde_json::json!({}));
+    let mut seen = 0;
+    let outcome = train(
+        &bp,
+        &data,
+        None,
+        &toy_factory,
+        TrainOptions::default(),
+        &mut |e| {
+            if let Event::Step(s) = e {
+                seen = s.step;
+                if s.step == 3 {
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert_eq!(outcome.stop, StopReason::Cancelled);
+    assert_eq!((outcome.steps, seen), (3, 3));
+
+    let flag = AtomicBool::new(false);
+    let options = TrainOptions {
+        cancel: Some(&flag),
+        ..Default::default()
+    };
+    let outcome = train(&bp, &data, None, &toy_factory, options, &mut |e| {
+        if let Event::Step(s) = e
+            && s.step == 5
+        {
+            flag.store(true, Ordering::SeqCst);
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(outcome.stop, StopReason::Cancelled);
+    assert_eq!(outcome.steps, 5);
+}
+
+#[test]
+fn resuming_a_checkpoint_equals_the_uninterrupted_run() {
+    let data = keyword_data(50, 1, false);
+    let bp = blueprint(serde_json::json!({ "training": { "epochs": 4, "batch_size": 8 } }));
+    let (full, full_losses) = run(&bp, &data, TrainOptions::default());
+
+    // Stop mid-epoch (40 training rows → 5 steps per epoch), through bytes, and resume.
+    for stop_at in [7usize, 10] {
+        let mut first = vec![];
+        let cut = train(
+            &bp,
+            &data,
+            None,
+            &toy_factory,
+            TrainOptions::default(),
+            &mut |e| {
+                if let Event::Step(s) = e {
+                    first.push(s.loss);
+                    if s.step == stop_at {
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+        assert_eq!(cut.stop, StopReason::Cancelled);
+        let state = TrainState::from_bytes(&cut.state.to_bytes().unwrap()).unwrap();
+        let (resumed, rest) = run(
+            &bp,
+            &data,
+            TrainOptions {
+                resume: Some(state),
+                ..Default::default()
+            },
+        );
+        first.extend(rest);
+        assert_eq!(first, full_losses, "stopped at {stop_at}");
+        assert_eq!(params(&resumed.model), params(&full.model));
+        assert_eq!(resumed.history, full.history);
+        assert_eq!(resumed.best_epoch, full.best_epoch);
+    }
+}
+
+#[test]
+fn checkpoints_are_emitted_every_epoch_and_every_n_steps() {
+    let data = keyword_data(50, 1, false);
+    let bp = blueprint(serde_json::json!({ "training": { "epochs": 2 } }));
+    let mut at = vec![];
+    train(
+        &bp,
+        &data,
+        None,
+        &toy_factory,
+        TrainOptions {
+            checkpoint_every: Some(2),
+            ..Default::default()
+        },
+        &mut |e| {
+            if let Event::Checkpoint(s) = e {
+                at.push((s.step, s.epoch, s.batch_in_epoch));
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        at,
+        vec![
+            (2, 0, 2),
+            (4, 0, 4),
+            (5, 1, 0),
+            (6, 1, 1),
+            (8, 1, 3),
+            (10, 2, 0)
+        ]
+    );
+}
+
+#[test]
+fn class_weights_change_the_loss() {
+    let data = keyword_data(40, 1, true);
+    let rows: Vec<&Row> = data.rows.iter().collect();
+    let loss = |w: &str| {
+        let bp = blueprint(serde_json::json!({ "training": { "class_weights": w } }));
+        assert_eq!(
+            bp.training.class_weights,
+            if w == "none" {
+                ClassWeighting::None
+            } else {
+                ClassWeighting::Balanced
+            }
+        );
+        let model = Model::build(&bp, &data, &toy_factory, true).unwrap();
+        model.loss(&rows, None).unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert_ne!(loss("none"), loss("balanced"));
+}
+
+#[test]
+fn clipping_bounds_the_global_norm() {
+    let data = keyword_data(24, 1, false);
+    let bp = blueprint(serde_json::json!({}));
+    let model = Model::build(&bp, &data, &toy_factory, true).unwrap();
+    let vars: Vec<Var> = model.trainable().into_iter().map(|(_, v, _)| v).collect();
+    let rows: Vec<&Row> = data.rows.iter().collect();
+    let mut grads = model
+        .loss(&rows, None)
+        .unwrap()
+        .affine(1000.0, 0.0)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let before = clip_grad_norm(&mut grads, &vars, 1.0).unwrap();
+    assert!(before > 1.0);
+    let after = global_norm(&grads, &vars).unwrap();
+    assert!((after - 1.0).abs() < 1e-3, "{after}");
+    // Below the bound nothing changes.
+    let mut small = model
+        .loss(&rows, None)
+        .unwrap()
+        .affine(1e-6, 0.0)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let n = clip_grad_norm(&mut small, &vars, 1.0).unwrap();
+    assert!((global_norm(&small, &vars).unwrap() - n).abs() < 1e-9);
+}
+
+#[test]
+fn evaluation_compares_the_tuned_model_with_the_frozen_baseline() {
+    let data = keyword_data(100, 1, false);
+    let bp = blueprint(serde_json::json!({ "training": { "epochs": 4 } }));
+    let mut phases = std::collections::BTreeSet::new();
+    let result = train_and_evaluate(
+        &bp,
+        &data,
+        None,
+        &toy_factory,
+        EvaluateOptions::default(),
+        &mut |e| {
+            if let Event::Epoch(p) = e {
+                phases.insert(format!("{:?}", p.phase));
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    let Evaluation::Done { model, report } = result else {
+        panic!("not cancelled")
+    };
+    assert_eq!(phases.len(), 2, "tuned and baseline runs: {phases:?}");
+    assert_eq!(report.held_out, HeldOut::Carved { fraction: 0.2 });
+    assert_eq!(report.test_rows, 20);
+    assert!(report.adapted);
+    assert_eq!(report.outputs[0].headline, "macro_f1");
+    assert!(report.outputs[0].gain.is_finite());
+    assert!(
+        model
+            .trainable()
+            .iter()
+            .any(|(n, _, _)| n.contains("lora_B"))
+    );
+    assert_eq!(
+        report.tuned_run.train_rows + report.tuned_run.validation_rows + report.test_rows,
+        100
+    );
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(json.contains("\"baseline\""));
+
+    // With a given test split, that split is what gets scored.
+    let test = keyword_data(30, 5, false);
+    let result = train_and_evaluate(
+        &bp,
+        &data,
+        Some(&test),
+        &toy_factory,
+        EvaluateOptions::default(),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    let Evaluation::Done { report, .. } = result else {
+        panic!("not cancelled")
+    };
+    assert_eq!((report.held_out, report.test_rows), (HeldOut::Given, 30));
+}
+
+#[test]
+fn tagging_learns_word_tags() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let tags: Vec<String> = ["O", "B-NAME", "I-NAME"].map(String::from).to_vec();
+    let rows: Vec<Row> = (0..80)
+        .map(|_| {
+            let mut words = vec![];
+            let mut t = vec![];
+            for _ in 0..5 {
+                if rng.random_bool(0.3) {
+                    words.extend(["mr".to_string(), "smith".to_string()]);
+                    t.extend([1, 2]);
+                } else {
+                    words.push(
+                        (0..4)
+                            .map(|_| rng.random_range(b'a'..=b'l') as char)
+                            .collect(),
+                    );
+                    t.push(0);
+                }
+            }
+            Row {
+                inputs: vec![InputValue::Text(words.join(" "))],
+                targets: vec![Target::Tags(t)],
+            }
+        })
+        .collect();
+    let data = Examples {
+        labels: vec![tags],
+        rows,
+    };
+    let bp: Blueprint = serde_json::from_value(serde_json::json!({ "name": "tags",
+        "inputs": [{ "name": "text", "modality": "text", "encoder": { "module": "text/bert", "folder": "toy" } }],
+        "outputs": [{ "name": "entities", "task": "tagging", "decoder": { "module": "head/token", "dropout": 0.0 } }],
+        "training": { "epochs": 8, "batch_size": 8, "learning_rate": 0.05, "head_learning_rate": 0.05 } }))
+    .unwrap();
+    let schema = DatasetSchema::new([("text", ColumnType::Text), ("entities", ColumnType::Tags)]);
+    let bp = compile(&bp, &Catalog::builtin(), &schema).unwrap();
+    assert_eq!(bp.training.early_stopping.metric, "entity_f1");
+    let (outcome, _) = run(&bp, &data, TrainOptions::default());
+    let scores = outcome.model.score(&data, 16).unwrap();
+    assert!(scores[0].get("entity_f1").unwrap() > 0.9, "{scores:#?}");
+}
