@@ -60,4 +60,11 @@ pub trait Encoder: Send + Sync {
     /// `base_model.model.encoder.layer.0.attention.self.query.lora_A.weight`). Empty when
     /// the encoder is frozen (the baseline).
     fn adapter_vars(&self) -> Vec<(String, Var)>;
+
+    /// Re-seeds the encoder's own randomness (dropout masks). The training loop calls it
+    /// before every step with a seed derived from the run's seed and the step number, so a
+    /// run resumed from a checkpoint draws the same masks as one never interrupted, and
+    /// the baseline and tuned runs do not depend on how many forwards came before. Encoders
+    /// without randomness keep this no-op.
+    fn reseed(&self, _seed: u64) {}
 }

@@ -349,6 +349,22 @@ impl Model {
         Ok(out)
     }
 
+    /// Predictions for unlabelled rows (one value per input each), indexed `[output][row]`.
+    pub fn predict_inputs(
+        &self,
+        inputs: &[Vec<InputValue>],
+        batch_size: usize,
+    ) -> candle_core::Result<Vec<Vec<Prediction>>> {
+        let rows: Vec<Row> = inputs
+            .iter()
+            .map(|i| Row {
+                inputs: i.clone(),
+                targets: Vec::new(),
+            })
+            .collect();
+        self.predict(&rows, batch_size)
+    }
+
     /// Metrics of every output on `data`.
     pub fn score(&self, data: &Examples, batch_size: usize) -> candle_core::Result<Vec<Metrics>> {
         let preds = self.predict(&data.rows, batch_size)?;
@@ -848,6 +864,14 @@ pub struct TrainOutcome {
     pub validation_rows: usize,
 }
 
+/// The seed of an encoder's dropout at `step` (SplitMix64 of seed and step).
+fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 fn snapshot(params: &[(String, Var, Group)]) -> candle_core::Result<Vec<(String, Tensor)>> {
     params
         .iter()
@@ -970,6 +994,9 @@ pub fn train(
                 .collect();
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             rng.set_stream((2 << 40) + st.step as u64);
+            for enc in &model.encoders {
+                enc.reseed(step_seed(seed, st.step));
+            }
             let loss = model.loss(&rows, Some(&mut rng))?;
             let mut grads = loss.backward()?;
             let grad_norm = clip_grad_norm(&mut grads, &vars, settings.max_grad_norm)?;

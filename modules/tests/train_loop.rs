@@ -2,6 +2,7 @@
 //! bytes with a LoRA-like adapter), so these tests need no checkpoint and run in seconds.
 
 use std::ops::ControlFlow;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -29,6 +30,8 @@ const RANK: usize = 4;
 struct ToyEncoder {
     table: Tensor,
     lora: Option<(Var, Var)>,
+    /// Dropout on the adapter's output in training, re-seeded by the loop every step.
+    rng: Mutex<ChaCha8Rng>,
 }
 
 impl ToyEncoder {
@@ -51,7 +54,11 @@ impl ToyEncoder {
                 Some((a, b))
             }
         };
-        Ok(Self { table, lora })
+        Ok(Self {
+            table,
+            lora,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        })
     }
 }
 
@@ -102,16 +109,22 @@ impl Encoder for ToyEncoder {
         }))
     }
 
-    fn forward(&self, input: &Prepared, _train: bool) -> Result<Encoded> {
+    fn forward(&self, input: &Prepared, train: bool) -> Result<Encoded> {
         let Prepared::Text(t) = input;
         let (b, s) = t.ids.dims2()?;
         let flat = t.ids.flatten_all()?;
         let mut tokens = self.table.index_select(&flat, 0)?;
         if let Some((a, bb)) = &self.lora {
-            tokens = (tokens
-                + a.as_tensor()
-                    .index_select(&flat, 0)?
-                    .matmul(bb.as_tensor())?)?;
+            let mut picked = a.as_tensor().index_select(&flat, 0)?;
+            if train {
+                let mut rng = self.rng.lock().unwrap();
+                let mask: Vec<f32> = (0..picked.elem_count())
+                    .map(|_| if rng.random_bool(0.9) { 1.0 / 0.9 } else { 0.0 })
+                    .collect();
+                let mask = Tensor::from_vec(mask, picked.shape(), &Device::Cpu)?;
+                picked = (picked * mask)?;
+            }
+            tokens = (tokens + picked.matmul(bb.as_tensor())?)?;
         }
         let tokens = tokens.reshape((b, s, WIDTH))?;
         let m = t.mask.unsqueeze(2)?;
@@ -124,6 +137,10 @@ impl Encoder for ToyEncoder {
             mask: t.mask.clone(),
             pooled,
         })
+    }
+
+    fn reseed(&self, seed: u64) {
+        *self.rng.lock().unwrap() = ChaCha8Rng::seed_from_u64(seed);
     }
 
     fn adapter_vars(&self) -> Vec<(String, Var)> {
