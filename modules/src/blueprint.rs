@@ -24,7 +24,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, Modality, ModuleKind, ModuleSpec, ParamKind, Task, closest};
+use crate::catalog::{
+    Catalog, Modality, ModuleKind, ModuleSpec, ParamKind, SettingSpec, Task, closest,
+};
 use crate::metrics;
 use crate::schedule::ScheduleKind;
 
@@ -1069,13 +1071,13 @@ impl Checker {
             }
         }
         if let Some(n) = spec.max_grad_norm {
-            if n > 0.0 && n.is_finite() {
+            if n > 0.0 && n <= 1e6 {
                 s.max_grad_norm = n;
             } else {
                 self.err(
                     ErrorKind::OutOfBounds,
                     "training.max_grad_norm",
-                    format!("{n} must be above 0"),
+                    format!("{n} must be above 0 and at most 1000000"),
                 );
             }
         }
@@ -1134,6 +1136,186 @@ impl Checker {
         }
         (self.errors.len() == before).then_some(s)
     }
+}
+
+fn int_setting(field: &str, description: &str, min: i64, max: i64, default: i64) -> SettingSpec {
+    SettingSpec {
+        field: field.into(),
+        description: description.into(),
+        kind: ParamKind::Integer { min, max, default },
+        exclusive_min: false,
+        auto: false,
+    }
+}
+
+fn num_setting(field: &str, description: &str, min: f64, max: f64, default: f64) -> SettingSpec {
+    SettingSpec {
+        field: field.into(),
+        description: description.into(),
+        kind: ParamKind::Number { min, max, default },
+        exclusive_min: false,
+        auto: false,
+    }
+}
+
+fn choice_setting(field: &str, description: &str, options: &[&str], default: &str) -> SettingSpec {
+    SettingSpec {
+        field: field.into(),
+        description: description.into(),
+        kind: ParamKind::Choice {
+            options: options.iter().map(|o| o.to_string()).collect(),
+            default: default.into(),
+        },
+        exclusive_min: false,
+        auto: false,
+    }
+}
+
+/// The blueprint-level settings with the defaults and bounds [`compile`] applies.
+pub fn settings() -> Vec<SettingSpec> {
+    let d = TrainingSettings::default();
+    let exclusive = |mut s: SettingSpec| {
+        s.exclusive_min = true;
+        s
+    };
+    vec![
+        choice_setting(
+            "adaptation.method",
+            "LoRA adapters on the encoder, or train the heads only.",
+            &["lora", "none"],
+            "lora",
+        ),
+        int_setting(
+            "adaptation.rank",
+            "Rank of each LoRA adapter: more learns more, and overfits sooner.",
+            1,
+            256,
+            8,
+        ),
+        exclusive(num_setting(
+            "adaptation.alpha",
+            "LoRA scale numerator (scale = alpha / rank).",
+            0.0,
+            1024.0,
+            16.0,
+        )),
+        num_setting(
+            "adaptation.dropout",
+            "Dropout on the adapters' input while training.",
+            0.0,
+            0.9,
+            0.1,
+        ),
+        SettingSpec {
+            auto: true,
+            ..int_setting(
+                "training.epochs",
+                "Passes over the training rows; unset: about 500 steps, 4 to 30 epochs.",
+                1,
+                200,
+                10,
+            )
+        },
+        int_setting(
+            "training.batch_size",
+            "Rows per optimizer step.",
+            1,
+            256,
+            d.batch_size as i64,
+        ),
+        exclusive(num_setting(
+            "training.learning_rate",
+            "Learning rate of the adapters.",
+            0.0,
+            1.0,
+            d.learning_rate,
+        )),
+        exclusive(num_setting(
+            "training.head_learning_rate",
+            "Learning rate of the heads.",
+            0.0,
+            1.0,
+            d.head_learning_rate,
+        )),
+        num_setting(
+            "training.weight_decay",
+            "Decoupled weight decay (AdamW), not on biases.",
+            0.0,
+            1.0,
+            d.weight_decay,
+        ),
+        num_setting(
+            "training.warmup_ratio",
+            "Share of steps over which the rate warms up from 0.",
+            0.0,
+            0.5,
+            d.warmup_ratio,
+        ),
+        choice_setting(
+            "training.schedule",
+            "How the rate decays after warm-up.",
+            &["linear", "cosine", "constant"],
+            "linear",
+        ),
+        exclusive(num_setting(
+            "training.max_grad_norm",
+            "Gradients are clipped to this global norm.",
+            0.0,
+            1e6,
+            d.max_grad_norm,
+        )),
+        int_setting(
+            "training.seed",
+            "The same seed gives the same run.",
+            0,
+            i64::MAX,
+            d.seed as i64,
+        ),
+        exclusive(num_setting(
+            "training.validation_split",
+            "Share of rows held out for validation (and, without a test split, for the report).",
+            0.0,
+            0.5,
+            d.validation_split,
+        )),
+        choice_setting(
+            "training.class_weights",
+            "Weigh rare classes up in the loss.",
+            &["balanced", "none"],
+            "balanced",
+        ),
+        SettingSpec {
+            auto: true,
+            ..choice_setting(
+                "training.early_stopping.metric",
+                "Validation metric that picks the best epoch; unset: the task's usual one.",
+                &[
+                    "accuracy",
+                    "macro_f1",
+                    "macro_precision",
+                    "macro_recall",
+                    "micro_f1",
+                    "subset_accuracy",
+                    "mae",
+                    "rmse",
+                    "r2",
+                    "entity_f1",
+                    "entity_precision",
+                    "entity_recall",
+                    "token_accuracy",
+                    "loss",
+                ],
+                "macro_f1",
+            )
+        },
+        int_setting(
+            "training.early_stopping.patience",
+            "Epochs without improvement before stopping; 0 never stops early.",
+            0,
+            100,
+            3,
+        ),
+    ]
 }
 
 /// The metric early stopping watches when the blueprint names none: the task's usual

@@ -185,10 +185,29 @@ impl ModuleSpec {
     }
 }
 
-/// All modules a blueprint may use.
+/// A blueprint-level setting (`adaptation.rank`, `training.epochs` …) as the portal's form
+/// shows it; the compiler checks the same bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingSpec {
+    /// Path of the field in the blueprint.
+    pub field: String,
+    pub description: String,
+    #[serde(flatten)]
+    pub kind: ParamKind,
+    /// The minimum itself is not allowed (`learning_rate` must be above 0).
+    #[serde(default)]
+    pub exclusive_min: bool,
+    /// Left unset, Tailor chooses (e.g. epochs scaled to the dataset); `default` is then
+    /// only an example.
+    #[serde(default)]
+    pub auto: bool,
+}
+
+/// All modules a blueprint may use, and the blueprint-level settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
     pub modules: Vec<ModuleSpec>,
+    pub settings: Vec<SettingSpec>,
 }
 
 impl Catalog {
@@ -238,6 +257,7 @@ impl Catalog {
         };
         let head_tasks = vec![Task::Classification, Task::MultiLabel, Task::Regression];
         Catalog {
+            settings: crate::blueprint::settings(),
             modules: vec![
                 ModuleSpec {
                     id: "text/minilm-l6".into(),

@@ -369,3 +369,75 @@ fn unparseable_documents_are_one_parse_error() {
     let e = Blueprint::parse("name: x\nunknown_key: 1\n").unwrap_err();
     assert_eq!(e.kind, ErrorKind::Parse);
 }
+
+#[test]
+fn the_catalog_settings_match_what_the_compiler_checks() {
+    use tailor_modules::catalog::ParamKind;
+    let catalog = Catalog::builtin();
+    let set = |field: &str, v: serde_json::Value| {
+        let mut bp = good();
+        let mut at = &mut bp;
+        let parts: Vec<&str> = field.split('.').collect();
+        for p in &parts[..parts.len() - 1] {
+            if at.get(*p).is_none() {
+                at[*p] = serde_json::json!({});
+            }
+            at = &mut at[*p];
+        }
+        at[parts[parts.len() - 1]] = v;
+        let bp: Blueprint = serde_json::from_value(bp).unwrap();
+        compile(&bp, &catalog, &schema())
+    };
+    let mut checked = 0;
+    for s in &catalog.settings {
+        if s.field == "training.seed" {
+            continue;
+        }
+        let (min, max, step) = match &s.kind {
+            ParamKind::Integer { min, max, .. } => (*min as f64, *max as f64, 1.0),
+            ParamKind::Number { min, max, .. } => (*min, *max, 0.01),
+            _ => continue,
+        };
+        let num = |x: f64| serde_json::json!(x);
+        let int = |x: f64| serde_json::json!(x as i64);
+        let v = |x: f64| if step == 1.0 { int(x) } else { num(x) };
+        assert!(
+            set(&s.field, v(max)).is_ok(),
+            "{} at its maximum {max}",
+            s.field
+        );
+        let over = set(&s.field, v(max + step)).unwrap_err();
+        assert!(
+            over.iter()
+                .any(|e| e.field == s.field && e.kind == ErrorKind::OutOfBounds),
+            "{}: {over:#?}",
+            s.field
+        );
+        if s.exclusive_min {
+            assert!(
+                set(&s.field, v(min)).is_err(),
+                "{} at its exclusive minimum",
+                s.field
+            );
+        } else {
+            assert!(
+                set(&s.field, v(min)).is_ok(),
+                "{} at its minimum {min}",
+                s.field
+            );
+            assert!(
+                set(&s.field, v(min - step)).is_err(),
+                "{} below its minimum",
+                s.field
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 12, "{checked}");
+    // The catalog JSON carries them for the portal.
+    assert!(
+        catalog
+            .to_json()
+            .contains("\"training.early_stopping.patience\"")
+    );
+}
