@@ -67,6 +67,22 @@ impl SeededRng {
 /// ([`Normalize`]); the affine `x̂ · weight + bias` stays in plain ops, so a `Var` weight or
 /// bias (in a head) gets its gradient too.
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused_path(xs) && xs.track_op() && !weight.track_op() && !bias.track_op() {
+        // Frozen affine (the encoder's own layer norms): candle's backward would also
+        // compute the unused gradients of `weight` and `bias`; only `dx` is attached.
+        let x = xs.detach().contiguous()?;
+        let ys = x
+            .apply_op1_no_bwd(&Normalize { eps })?
+            .broadcast_mul(weight)?
+            .broadcast_add(bias)?;
+        let weight = weight.clone();
+        return with_input_grad(xs, &ys, "tailor-layer-norm-frozen-affine", move |g| {
+            x.apply_op2_no_bwd(
+                &g.broadcast_mul(&weight)?.contiguous()?,
+                &NormalizeBackward { eps },
+            )
+        });
+    }
     let normed = if fused_path(xs) {
         xs.contiguous()?.apply_op1(Normalize { eps })?
     } else {
@@ -432,13 +448,87 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Linear {
+    fn forward_untracked(&self, xs: &Tensor) -> Result<Tensor> {
         let ys = matmul_t(xs, &self.weight)?;
         match &self.bias {
             Some(bias) => ys.broadcast_add(bias),
             None => Ok(ys),
         }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if !(fused_path(xs) && xs.track_op()) || self.weight.track_op() {
+            return self.forward_untracked(xs);
+        }
+        // candle's matmul backward computes the gradient of both operands, so a frozen
+        // weight would cost a second, discarded GEMM (and a bias reduction) per layer in
+        // every backward pass. Only `dx = g W` is attached instead.
+        let ys = self.forward_untracked(&xs.detach())?;
+        let (weight, in_dims) = (self.weight.clone(), xs.dims().to_vec());
+        with_input_grad(xs, &ys, "tailor-frozen-linear", move |g| {
+            let out_dim = weight.dim(0)?;
+            let rows = g.elem_count() / out_dim.max(1);
+            g.reshape((rows, out_dim))?
+                .matmul(&weight)?
+                .reshape(in_dims.as_slice())
+        })
+    }
+}
+
+type InputGradFn = dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync;
+
+/// Returns `ys` (computed without tracking from `xs`) as a tensor whose backward pass
+/// sends `backward(grad of ys)` to `xs` and nothing anywhere else.
+fn with_input_grad(
+    xs: &Tensor,
+    ys: &Tensor,
+    name: &'static str,
+    backward: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    xs.apply_op2(
+        &ys.contiguous()?,
+        InputGrad {
+            name,
+            backward: Box::new(backward),
+        },
+    )
+}
+
+struct InputGrad {
+    name: &'static str,
+    backward: Box<InputGradFn>,
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The result is the precomputed `ys` (a copy: a custom op must return new storage).
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((
+            CpuStorage::F32(f32_slice(s2, l2)?.to_vec()),
+            l2.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _xs: &Tensor,
+        _ys: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some((self.backward)(grad)?), None))
     }
 }
 

@@ -156,3 +156,87 @@ fn the_same_seed_reproduces_a_training_forward_pass() {
         .unwrap();
     assert_ne!(a, eval, "training mode applies dropout");
 }
+
+/// The whole backward pass (fused layer norm, softmax, GELU, frozen linear layers, LoRA)
+/// against finite differences of the loss, on a tiny random BERT.
+#[test]
+fn adapter_gradients_match_finite_differences() {
+    let dir = text_support::TinyBert {
+        layers: 2,
+        ..Default::default()
+    }
+    .write("tiny-fd");
+    let lora = LoraConfig {
+        rank: 2,
+        alpha: 6.0,
+        dropout: 0.0,
+        targets: vec!["query".into(), "value".into(), "dense".into()],
+    };
+    let options = TextEncoderOptions {
+        pooling: Pooling::Mean,
+        max_tokens: 16,
+        lora: Some(lora),
+        seed: 5,
+        ..Default::default()
+    };
+    let encoder = TextEncoder::load(&dir, &options).unwrap();
+    let vars = encoder.adapter_vars();
+    let rng = SeededRng::new(17);
+    for (_, var) in vars.iter().filter(|(n, _)| n.contains("lora_B")) {
+        var.set(&rng.uniform(var.shape(), -0.5, 0.5, &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let input = encoder
+        .tokenize(&texts(&[
+            "a short one",
+            "and a somewhat longer second text",
+        ]))
+        .unwrap();
+    let probe = rng.uniform((2, 16), -1.0, 1.0, &Device::Cpu).unwrap();
+    let loss = || {
+        let encoded = encoder.encode_tokenized(&input, false).unwrap();
+        // Squared, so the loss is not linear in the pooled vector.
+        (encoded.pooled * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqr()
+            .unwrap()
+    };
+    let grads = loss().backward().unwrap();
+
+    let eps = 1e-2f32;
+    let mut checked = 0;
+    for (name, var) in vars.iter().filter(|(n, _)| {
+        n.contains("layer.0.attention.self.query") || n.contains("layer.1.output.dense")
+    }) {
+        let grad = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let original = var.as_tensor().copy().unwrap();
+        for index in [0usize, 3] {
+            let at = |delta: f32| {
+                let mut values = original.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                values[index] += delta;
+                var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss().to_scalar::<f32>().unwrap()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            var.set(&original).unwrap();
+            let tol = 1e-2 * numeric.abs().max(grad[index].abs()) + 1e-4;
+            assert!(
+                (grad[index] - numeric).abs() <= tol,
+                "{name}[{index}]: backward {} vs numeric {numeric}",
+                grad[index]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 8);
+    text_support::rm(&dir);
+}

@@ -421,3 +421,68 @@ fn fused_ops_match_the_composed_reference_in_value_and_gradient() {
         }
     }
 }
+
+/// A frozen linear layer and a layer norm with a frozen affine attach only the input's
+/// gradient (candle would compute the weights' too, and throw them away); the input's
+/// gradient must equal the plain-op one.
+#[test]
+fn frozen_layers_pass_the_same_input_gradient_as_plain_ops() {
+    let rng = SeededRng::new(8);
+    let x = Var::from_tensor(&rng.uniform((2, 3, 6), -2.0, 2.0, &dev()).unwrap()).unwrap();
+    let w = rng.uniform((4, 6), -0.5, 0.5, &dev()).unwrap();
+    let bias = rng.uniform(4, -0.5, 0.5, &dev()).unwrap();
+    let up4 = rng.uniform((2, 3, 4), -1.0, 1.0, &dev()).unwrap();
+    let up6 = rng.uniform((2, 3, 6), -1.0, 1.0, &dev()).unwrap();
+    let max = |t: Tensor| {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+
+    let linear = Linear::new(w.clone(), Some(bias.clone()));
+    let ours = linear.forward(x.as_tensor()).unwrap();
+    let plain = x
+        .as_tensor()
+        .broadcast_matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(&bias)
+        .unwrap();
+    assert!(max((&ours - &plain).unwrap()) < 1e-6);
+    let g_ours = (ours * &up4)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_plain = (plain * &up4)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(max((g_ours.get(&x).unwrap() - g_plain.get(&x).unwrap()).unwrap()) < 1e-5);
+
+    let lw = rng.uniform(6, 0.5, 1.5, &dev()).unwrap();
+    let lb = rng.uniform(6, -0.5, 0.5, &dev()).unwrap();
+    let ours = ops::layer_norm(x.as_tensor(), &lw, &lb, 1e-5).unwrap();
+    let plain = ops::layer_norm_composed(x.as_tensor(), &lw, &lb, 1e-5).unwrap();
+    assert!(max((&ours - &plain).unwrap()) < 1e-5);
+    let g_ours = (ours * &up6)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_plain = (plain * &up6)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(max((g_ours.get(&x).unwrap() - g_plain.get(&x).unwrap()).unwrap()) < 1e-4);
+}

@@ -24,16 +24,33 @@ fn batch() -> Vec<String> {
         .collect()
 }
 
+/// CPU seconds this process has used (user + system), from /proc: less sensitive than wall
+/// time to other processes on a shared machine.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn time<T>(label: &str, runs: usize, mut f: impl FnMut() -> T) -> f64 {
     f(); // warm-up
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     for _ in 0..runs {
         f();
     }
     let secs = start.elapsed().as_secs_f64() / runs as f64;
+    let cpu = (cpu_seconds() - cpu) / runs as f64;
     println!(
-        "{label}: {:.1} ms per batch of 32, {:.1} sequences/s",
+        "{label}: {:.1} ms wall, {:.1} ms CPU per batch; {:.1} sequences/s",
         secs * 1e3,
+        cpu * 1e3,
         32.0 / secs
     );
     secs
@@ -178,6 +195,28 @@ fn backward_building_blocks() {
             .backward()
             .unwrap()
     });
+    let wi_t = wi.clone();
+    time(
+        "ffn plain broadcast_matmul f+b (candle computes dW too)",
+        3,
+        || {
+            x.broadcast_matmul(&wi_t.t().unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        },
+    );
+    let frozen = tailor_modules::ops::Linear::new(wi.clone(), None);
+    time("ffn frozen Linear f+b (dx only)", 3, || {
+        candle_core::Module::forward(&frozen, &x)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    });
     time("ffn matmul f+b", 3, || {
         ops::matmul_t(&x, &wi)
             .unwrap()
@@ -186,4 +225,62 @@ fn backward_building_blocks() {
             .backward()
             .unwrap()
     });
+}
+
+#[test]
+#[ignore = "benchmark"]
+fn lora_layer_overhead() {
+    use candle_core::{Device, Module};
+    use tailor_modules::lora::{LoraConfig, LoraLinear};
+    use tailor_modules::ops::{self, Linear};
+    let dev = Device::Cpu;
+    let rng = tailor_modules::ops::SeededRng::new(1);
+    let x = rng.uniform((32, 128, 384), -1.0, 1.0, &dev).unwrap();
+    let w = rng.uniform((384, 384), -0.05, 0.05, &dev).unwrap();
+    let a = rng.uniform((8, 384), -0.05, 0.05, &dev).unwrap();
+    let b = rng.uniform((384, 8), -0.05, 0.05, &dev).unwrap();
+    let cfg = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        targets: vec!["query".into()],
+    };
+    let lora = LoraLinear::new(Linear::new(w.clone(), None), &cfg, &rng).unwrap();
+    time("base", 5, || ops::matmul_t(&x, &w).unwrap());
+    time("x A^T", 5, || ops::matmul_t(&x, &a).unwrap());
+    let low = ops::matmul_t(&x, &a).unwrap();
+    time("low B^T", 5, || ops::matmul_t(&low, &b).unwrap());
+    time("lora eval", 5, || lora.forward_t(&x, false).unwrap());
+    time("lora train", 5, || lora.forward_t(&x, true).unwrap());
+    time("add 4096x384", 5, || (&x + &x).unwrap());
+    let _ = lora.forward(&x);
+}
+
+#[test]
+#[ignore = "benchmark"]
+fn frozen_vs_adapted_eval_interleaved() {
+    let lora = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        targets: vec!["query".into(), "value".into()],
+    };
+    let options = TextEncoderOptions {
+        pooling: Pooling::Mean,
+        max_tokens: 128,
+        lora: Some(lora),
+        seed: 7,
+        ..Default::default()
+    };
+    let encoder = TextEncoder::load(minilm(), &options).unwrap();
+    let frozen = TextEncoder::load_frozen(minilm(), Pooling::Mean, 128).unwrap();
+    let input = encoder.tokenize(&batch()).unwrap();
+    for _ in 0..3 {
+        time("frozen eval", 1, || {
+            frozen.encode_tokenized(&input, false).unwrap()
+        });
+        time("lora eval", 1, || {
+            encoder.encode_tokenized(&input, false).unwrap()
+        });
+    }
 }
