@@ -232,7 +232,9 @@ impl ColumnStats {
             self.len_max = self.len_max.max(chars);
         }
         self.len_sum += chars;
-        if value.len() > MAX_VALUE_BYTES {
+        if self.overflow {
+            // Past the cap the counts are no longer used (not a category): skip the lookup.
+        } else if value.len() > MAX_VALUE_BYTES {
             self.overflow = true;
         } else if let Some(count) = self.values.get_mut(value) {
             *count += 1;
