@@ -14,6 +14,36 @@
 //!
 //! To let a user change column types, take [`DatasetReport::schema`], edit it, and validate
 //! the same bytes again with [`ValidationOptions::schema`] set.
+//!
+//! Validation is CPU work: call it from a blocking thread (`spawn_blocking`), not on the
+//! async executor. A [`Validator`] is `Send`, so it can be fed from one.
+//!
+//! ```
+//! use tailor_datasets::{ColumnType, Status, TableFormat, ValidationOptions, Validator};
+//!
+//! let options = ValidationOptions {
+//!     format: TableFormat::from_file_name("reviews.csv"), // or None: detected
+//!     ..Default::default()
+//! };
+//! let mut validator = Validator::new(options.clone());
+//! for chunk in [&b"text,rating\ngreat drug,9\n"[..], b"made me dizzy,ten\n"] {
+//!     validator.feed(chunk)?; // a DatasetError here: refuse the upload, show err.to_string()
+//! }
+//! let report = validator.finish()?;
+//! assert_eq!(report.status, Status::Accepted); // "ten" made `rating` a text column
+//!
+//! // The user says `rating` is a number: check every row again with that type.
+//! let mut schema = report.schema();
+//! schema.columns[1].column_type = ColumnType::Number;
+//! let again = tailor_datasets::validate_table(
+//!     &b"text,rating\ngreat drug,9\nmade me dizzy,ten\n"[..],
+//!     ValidationOptions { schema: Some(schema), ..options },
+//! )?;
+//! assert_eq!(again.status, Status::Rejected);
+//! assert_eq!(again.errors[0].to_string(), "line 3, column \"rating\": \"ten\" is not a number");
+//! let _stored = serde_json::to_string(&again)?; // profile, errors and warnings as JSON
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod archive;
 mod decode;

@@ -410,10 +410,11 @@ fn hash_values<'a>(values: impl Iterator<Item = Option<&'a str>>) -> [u64; 2] {
     [a.finish(), b.finish()]
 }
 
-fn hash_label(label: &str) -> u64 {
+/// 32 bits are plenty to tell the few labels of one input apart.
+fn hash_label(label: &str) -> u32 {
     let mut h = DefaultHasher::new();
     h.write(label.trim().as_bytes());
-    h.finish()
+    h.finish() as u32
 }
 
 /// Column roles decided after the first rows: which columns are checked and how.
@@ -430,10 +431,11 @@ struct Roles {
 
 struct ConflictTracker {
     label_column: usize,
-    seen: HashMap<[u64; 2], (u64, u32)>,
+    /// Input hash (64 bits) → (label hash, first line): 16 bytes per row.
+    seen: HashMap<u64, (u32, u32)>,
     count: u64,
     /// (first line, first label hash, line, label)
-    examples: Vec<(u64, u64, u64, String)>,
+    examples: Vec<(u64, u32, u64, String)>,
 }
 
 struct Sink {
@@ -749,7 +751,7 @@ impl Sink {
                         continue;
                     };
                     let label_hash = hash_label(&label);
-                    match tracker.seen.entry(key) {
+                    match tracker.seen.entry(key[0]) {
                         std::collections::hash_map::Entry::Occupied(first) => {
                             let (first_hash, first_line) = *first.get();
                             if first_hash != label_hash {
@@ -969,7 +971,7 @@ impl Sink {
                 continue;
             }
             let stats = &self.stats[tracker.label_column];
-            let label_of = |hash: u64| {
+            let label_of = |hash: u32| {
                 stats
                     .values
                     .keys()

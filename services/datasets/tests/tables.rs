@@ -574,3 +574,36 @@ fn quoted_values_with_line_breaks_keep_line_numbers() {
         Some("first\nsecond line")
     );
 }
+
+#[test]
+fn chunk_boundaries_do_not_change_the_report() {
+    let mut text = String::from("条文,部门,标签\n");
+    for i in 0..40 {
+        text.push_str(&format!(
+            "\"第{i}条, 合同\n\"\"引文\"\"\",民法,{}\r\n",
+            ["甲|乙", "乙", "丙|甲"][i % 3]
+        ));
+    }
+    text.push_str("坏,行\n");
+    let (gb, _, _) = encoding_rs::GB18030.encode(&text);
+    for bytes in [text.as_bytes(), &gb[..]] {
+        let whole = validate_table(bytes, ValidationOptions::default()).unwrap();
+        for size in [1, 2, 3, 5, 64, 4097] {
+            let mut validator = Validator::new(ValidationOptions::default());
+            for chunk in bytes.chunks(size) {
+                validator.feed(chunk).unwrap();
+            }
+            assert_eq!(validator.finish().unwrap(), whole, "chunks of {size}");
+        }
+        assert_eq!(whole.profile.rows, 41);
+        assert_eq!(whole.error_count, 1);
+        assert_eq!(whole.errors[0].line, Some(82));
+        assert_eq!(whole.profile.columns[2].column_type, ColumnType::MultiLabel);
+    }
+}
+
+#[test]
+fn a_validator_can_move_to_a_blocking_thread() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Validator>();
+}
