@@ -24,6 +24,7 @@ pub enum Modality {
     Text,
     Image,
     Audio,
+    Video,
     Sensor,
     #[serde(rename = "pointcloud")]
     PointCloud,
@@ -31,10 +32,11 @@ pub enum Modality {
 }
 
 impl Modality {
-    pub const ALL: [Modality; 6] = [
+    pub const ALL: [Modality; 7] = [
         Modality::Text,
         Modality::Image,
         Modality::Audio,
+        Modality::Video,
         Modality::Sensor,
         Modality::PointCloud,
         Modality::Tabular,
@@ -45,6 +47,7 @@ impl Modality {
             Modality::Text => "text",
             Modality::Image => "image",
             Modality::Audio => "audio",
+            Modality::Video => "video",
             Modality::Sensor => "sensor",
             Modality::PointCloud => "pointcloud",
             Modality::Tabular => "tabular",

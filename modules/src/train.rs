@@ -310,9 +310,7 @@ impl Model {
         Ok(Forward { outs, word_ids })
     }
 
-    /// The summed loss of all outputs on a batch; `rng` turns training mode (dropout) on.
-    pub fn loss(&self, rows: &[&Row], rng: Option<&mut ChaCha8Rng>) -> candle_core::Result<Tensor> {
-        let f = self.forward(rows, rng)?;
+    fn summed_loss(&self, rows: &[&Row], f: &Forward) -> candle_core::Result<Tensor> {
         let mut total: Option<Tensor> = None;
         for (o, (head, out)) in self.heads.heads.iter().zip(&f.outs).enumerate() {
             let targets: Vec<&Target> = rows.iter().map(|r| &r.targets[o]).collect();
@@ -325,16 +323,29 @@ impl Model {
         total.ok_or_else(|| candle_core::Error::Msg("a model needs an output".into()))
     }
 
-    /// Predictions for `rows`, indexed `[output][row]`.
-    pub fn predict(
+    /// The summed loss of all outputs on a batch; `rng` turns training mode (dropout) on.
+    pub fn loss(&self, rows: &[&Row], rng: Option<&mut ChaCha8Rng>) -> candle_core::Result<Tensor> {
+        let f = self.forward(rows, rng)?;
+        self.summed_loss(rows, &f)
+    }
+
+    /// Predictions (indexed `[output][row]`) and, when `with_loss`, the mean loss, from
+    /// one evaluation-mode pass.
+    fn run_eval(
         &self,
         rows: &[Row],
         batch_size: usize,
-    ) -> candle_core::Result<Vec<Vec<Prediction>>> {
+        with_loss: bool,
+    ) -> candle_core::Result<(Vec<Vec<Prediction>>, f64)> {
         let mut out = vec![Vec::with_capacity(rows.len()); self.heads.heads.len()];
+        let mut loss_sum = 0.0;
         for chunk in rows.chunks(batch_size.max(1)) {
             let refs: Vec<&Row> = chunk.iter().collect();
             let f = self.forward(&refs, None)?;
+            if with_loss {
+                loss_sum +=
+                    self.summed_loss(&refs, &f)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            }
             let words: Vec<usize> = chunk
                 .iter()
                 .map(|r| match r.inputs.first() {
@@ -346,7 +357,42 @@ impl Model {
                 out[o].extend(head.predict(logits, f.word_ids.as_deref(), Some(&words))?);
             }
         }
-        Ok(out)
+        Ok((
+            out,
+            if rows.is_empty() {
+                0.0
+            } else {
+                loss_sum / rows.len() as f64
+            },
+        ))
+    }
+
+    /// Predictions for `rows`, indexed `[output][row]`.
+    pub fn predict(
+        &self,
+        rows: &[Row],
+        batch_size: usize,
+    ) -> candle_core::Result<Vec<Vec<Prediction>>> {
+        Ok(self.run_eval(rows, batch_size, false)?.0)
+    }
+
+    /// Metrics of every output on `data` and its mean loss, from one pass.
+    pub fn score_with_loss(
+        &self,
+        data: &Examples,
+        batch_size: usize,
+    ) -> candle_core::Result<(Vec<Metrics>, f64)> {
+        let (preds, loss) = self.run_eval(&data.rows, batch_size, true)?;
+        let metrics = self
+            .heads
+            .heads
+            .iter()
+            .enumerate()
+            .map(|(o, head)| {
+                score_output(head.config.task, &data.labels[o], &data.rows, o, &preds[o])
+            })
+            .collect();
+        Ok((metrics, loss))
     }
 
     /// Predictions for unlabelled rows (one value per input each), indexed `[output][row]`.
@@ -1038,8 +1084,7 @@ pub fn train(
 
         // End of the epoch: validate, keep the best weights, maybe stop.
         let train_loss = st.epoch_loss_sum / batches.len() as f64;
-        let scores = model.score(&val_data, batch)?;
-        let validation_loss = model.mean_loss(&val_data, batch)?;
+        let (scores, validation_loss) = model.score_with_loss(&val_data, batch)?;
         let value = if metric == "loss" {
             validation_loss
         } else {
