@@ -622,3 +622,113 @@ fn tagging_learns_word_tags() {
     let scores = outcome.model.score(&data, 16).unwrap();
     assert!(scores[0].get("entity_f1").unwrap() > 0.9, "{scores:#?}");
 }
+
+#[test]
+fn multi_label_and_regression_train_end_to_end() {
+    let base = keyword_data(90, 4, false);
+    // Multi-label: the keyword's label, plus "long" for texts over 22 bytes.
+    // Regression: the class index times 10 plus 5.
+    let rows: Vec<Row> = base
+        .rows
+        .iter()
+        .map(|r| {
+            let Target::Class(c) = r.targets[0] else {
+                unreachable!()
+            };
+            let InputValue::Text(t) = &r.inputs[0];
+            let mut labels = vec![c];
+            if t.len() > 22 {
+                labels.push(3);
+            }
+            Row {
+                inputs: r.inputs.clone(),
+                targets: vec![
+                    Target::Labels(labels),
+                    Target::Number(c as f64 * 10.0 + 5.0),
+                ],
+            }
+        })
+        .collect();
+    let mut names = base.labels[0].clone();
+    names.push("long".into());
+    let data = Examples {
+        labels: vec![names, vec![]],
+        rows,
+    };
+    let bp: Blueprint = serde_json::from_value(serde_json::json!({ "name": "two",
+        "inputs": [{ "name": "text", "modality": "text", "encoder": { "module": "text/bert", "folder": "toy" } }],
+        "outputs": [{ "name": "tags", "task": "multi_label", "decoder": { "module": "head/mlp", "hidden": 16, "dropout": 0.0 } },
+                    { "name": "score", "task": "regression", "decoder": { "module": "head/linear", "dropout": 0.0 } }],
+        "training": { "epochs": 15, "batch_size": 8, "learning_rate": 0.05, "head_learning_rate": 0.02, "seed": 1 } }))
+    .unwrap();
+    let schema = DatasetSchema::new([
+        ("text", ColumnType::Text),
+        ("tags", ColumnType::MultiLabel),
+        ("score", ColumnType::Number),
+    ]);
+    let bp = compile(&bp, &Catalog::builtin(), &schema).unwrap();
+    assert_eq!(
+        bp.training.early_stopping.metric, "loss",
+        "mixed tasks watch the loss"
+    );
+    let (outcome, _) = run(&bp, &data, TrainOptions::default());
+    let scores = outcome.model.score(&data, 16).unwrap();
+    assert!(scores[0].get("micro_f1").unwrap() > 0.8, "{:#?}", scores[0]);
+    // Predictions come back in the targets' units (5, 15, 25), not standardized.
+    assert!(scores[1].get("rmse").unwrap() < 4.0, "{:#?}", scores[1]);
+    assert!(scores[1].get("r2").unwrap() > 0.8, "{:#?}", scores[1]);
+}
+
+#[test]
+fn adamw_takes_a_hand_checked_step_and_the_lr_follows_the_schedule() {
+    use tailor_modules::train::{AdamW, Group};
+    let w = Var::from_vec(vec![1.0f32, -2.0], 2, &Device::Cpu).unwrap();
+    let b = Var::from_vec(vec![1.0f32], 1, &Device::Cpu).unwrap();
+    let mut opt = AdamW::new(
+        vec![
+            ("w.weight".into(), w.clone(), Group::Head),
+            ("w.bias".into(), b.clone(), Group::Head),
+        ],
+        0.01,
+    )
+    .unwrap();
+    let g = Tensor::new(&[3.0f32, -0.5], &Device::Cpu).unwrap();
+    let loss = (w.as_tensor() * &g).unwrap().sum_all().unwrap() + b.as_tensor().sum_all().unwrap();
+    let grads = loss.unwrap().backward().unwrap();
+    opt.step(&grads, 0.0, 0.1).unwrap();
+    // First step: m̂ = g, v̂ = g², so the update is sign(g); decay multiplies θ by
+    // 1 − lr·wd = 0.999, except for biases.
+    let got = w.as_tensor().to_vec1::<f32>().unwrap();
+    assert!((got[0] - (0.999 - 0.1)).abs() < 1e-6, "{got:?}");
+    assert!((got[1] - (-2.0 * 0.999 + 0.1)).abs() < 1e-6, "{got:?}");
+    assert!((b.as_tensor().to_vec1::<f32>().unwrap()[0] - 0.9).abs() < 1e-6);
+
+    // The reported lr: warm-up over the first 10% of steps, then linear decay to 0.
+    let data = keyword_data(50, 1, false);
+    let bp = blueprint(serde_json::json!({ "training": { "epochs": 4, "learning_rate": 0.01 } }));
+    let mut lrs = vec![];
+    train(
+        &bp,
+        &data,
+        None,
+        &toy_factory,
+        TrainOptions::default(),
+        &mut |e| {
+            if let Event::Step(s) = e {
+                lrs.push((s.lr, s.total_steps));
+            }
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    let total = lrs[0].1;
+    assert_eq!((lrs.len(), total), (20, 20));
+    assert!(
+        (lrs[0].0 - 0.005).abs() < 1e-12 && (lrs[1].0 - 0.01).abs() < 1e-12,
+        "{lrs:?}"
+    );
+    assert!(
+        (lrs[19].0 - 0.01 * (1.0 - 17.0 / 18.0)).abs() < 1e-12,
+        "{lrs:?}"
+    );
+}
