@@ -15,7 +15,7 @@ use zip::ZipArchive;
 use crate::DatasetError;
 use crate::profile::{ArchiveProfile, TableFormat};
 use crate::schema::Modality;
-use crate::validator::{ArchiveIndex, DatasetReport, ValidationOptions, Validator};
+use crate::validator::{ArchiveIndex, DatasetReport, ValidationOptions, Validator, validate_table};
 use crate::warnings::{Warning, WarningKind};
 
 /// Validates a ZIP archive whose manifest (`manifest.csv`, `manifest.tsv` or
@@ -207,6 +207,37 @@ pub fn validate_archive<R: Read + Seek>(
         unreferenced_files: unreferenced.len() as u64,
     });
     Ok(report)
+}
+
+/// Validates an upload of either kind: a ZIP archive (recognized by its first bytes) goes
+/// to [`validate_archive`], anything else to [`validate_table`] — with the format taken
+/// from `file_name`'s extension when `options.format` is not set.
+///
+/// This is the one call the portal needs once the upload is in a temporary file.
+pub fn validate_upload<R: Read + Seek>(
+    mut reader: R,
+    file_name: Option<&str>,
+    mut options: ValidationOptions,
+) -> Result<DatasetReport, DatasetError> {
+    reader.seek(SeekFrom::Start(0))?;
+    let mut magic = [0u8; 4];
+    let mut filled = 0;
+    while filled < magic.len() {
+        match reader.read(&mut magic[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    reader.seek(SeekFrom::Start(0))?;
+    if magic == *b"PK\x03\x04" || magic == *b"PK\x05\x06" {
+        return validate_archive(reader, options);
+    }
+    if options.format.is_none() {
+        options.format = file_name.and_then(TableFormat::from_file_name);
+    }
+    validate_table(reader, options)
 }
 
 /// Refuses entry names that could write outside a folder they are unpacked into.

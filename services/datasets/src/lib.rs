@@ -4,6 +4,8 @@
 //! - Tables: CSV and TSV (delimiter detected or given) and JSONL, in UTF-8 (with or
 //!   without BOM) or GB18030 (detected). Push chunks into a [`Validator`] (or hand a
 //!   reader to [`validate_table`]); memory stays bounded whatever the size.
+//! - [`validate_upload`] takes either kind from a `Read + Seek` (a temporary file) and
+//!   picks by the first bytes: the simplest entry point for the portal.
 //! - Archives: a ZIP of files (images, audio, …) with a `manifest.csv` / `manifest.jsonl`
 //!   naming each file and its labels: [`validate_archive`], which needs `Read + Seek`
 //!   (give it the temporary file the upload was spooled to).
@@ -54,7 +56,7 @@ mod schema;
 mod validator;
 mod warnings;
 
-pub use archive::validate_archive;
+pub use archive::{validate_archive, validate_upload};
 pub use decode::TextEncoding;
 pub use error::{DatasetError, RowError};
 pub use profile::{

@@ -1105,6 +1105,57 @@ pub(crate) fn normalize_path(value: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// One JSONL line: an object with its keys in file order (so columns keep the order the
+/// user wrote them in), or what was found instead.
+enum JsonRow {
+    Object(Vec<(String, serde_json::Value)>),
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for JsonRow {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct RowVisitor;
+        impl<'de> Visitor<'de> for RowVisitor {
+            type Value = JsonRow;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonRow, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    entries.push(entry);
+                }
+                Ok(JsonRow::Object(entries))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonRow, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(JsonRow::Other("a list [...]"))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<JsonRow, E> {
+                Ok(JsonRow::Other("a string"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<JsonRow, E> {
+                Ok(JsonRow::Other("a number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<JsonRow, E> {
+                Ok(JsonRow::Other("a number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<JsonRow, E> {
+                Ok(JsonRow::Other("a number"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<JsonRow, E> {
+                Ok(JsonRow::Other("true or false"))
+            }
+            fn visit_unit<E>(self) -> Result<JsonRow, E> {
+                Ok(JsonRow::Other("null"))
+            }
+        }
+        deserializer.deserialize_any(RowVisitor)
+    }
+}
+
 impl RecordSink for Sink {
     fn csv_record(&mut self, line: u64, fields: &[&str]) -> Result<(), DatasetError> {
         let blank = fields.iter().all(|f| f.trim().is_empty());
@@ -1143,8 +1194,8 @@ impl RecordSink for Sink {
             self.empty_row(line);
             return Ok(());
         }
-        let value: serde_json::Value = match serde_json::from_str(text) {
-            Ok(v) => v,
+        let row: JsonRow = match serde_json::from_str(text) {
+            Ok(row) => row,
             Err(e) => {
                 self.rows += 1;
                 let full = e.to_string();
@@ -1158,17 +1209,14 @@ impl RecordSink for Sink {
                 return Ok(());
             }
         };
-        let serde_json::Value::Object(object) = value else {
-            self.rows += 1;
-            let found = match value {
-                serde_json::Value::Array(_) => "a list [...]",
-                serde_json::Value::String(_) => "a string",
-                serde_json::Value::Number(_) => "a number",
-                _ => "a single value",
-            };
-            let message = format!("expected a JSON object {{…}} but found {found}");
-            self.row_error(line, None, message, &mut false);
-            return Ok(());
+        let object = match row {
+            JsonRow::Object(object) => object,
+            JsonRow::Other(found) => {
+                self.rows += 1;
+                let message = format!("expected a JSON object {{…}} but found {found}");
+                self.row_error(line, None, message, &mut false);
+                return Ok(());
+            }
         };
         if object.is_empty() {
             self.empty_row(line);

@@ -308,3 +308,30 @@ fn over_the_byte_limit() {
     };
     assert_eq!(check_with(bytes, limits).unwrap_err().code(), "too_large");
 }
+
+#[test]
+fn validate_upload_picks_archive_or_table() {
+    use tailor_datasets::{TableFormat, validate_upload};
+    let manifest = scans_manifest(2);
+    let zip = zip_of(&[
+        ("manifest.csv", manifest.as_bytes()),
+        ("scans/0.png", PNG),
+        ("scans/1.png", PNG),
+    ]);
+    let report = validate_upload(
+        Cursor::new(zip),
+        Some("scans.zip"),
+        ValidationOptions::default(),
+    )
+    .unwrap();
+    assert!(report.profile.archive.is_some());
+    let tsv = b"a,b\tc\nx,y\tz\n".to_vec();
+    let report = validate_upload(
+        Cursor::new(tsv),
+        Some("data.TSV"),
+        ValidationOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(report.profile.format, TableFormat::Tsv);
+    assert_eq!(report.profile.columns.len(), 2);
+}

@@ -607,3 +607,19 @@ fn a_validator_can_move_to_a_blocking_thread() {
     fn assert_send<T: Send + 'static>() {}
     assert_send::<Validator>();
 }
+
+#[test]
+fn jsonl_columns_keep_the_order_of_the_file() {
+    let report = validate(b"{\"zeta\": \"a\", \"alpha\": 1, \"mid\": \"x\"}\n{\"mid\": \"y\", \"zeta\": \"b\", \"alpha\": 2}\n42\n").unwrap();
+    let names: Vec<&str> = report
+        .profile
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["zeta", "alpha", "mid"]);
+    assert_eq!(
+        report.errors[0].to_string(),
+        "line 3: expected a JSON object {…} but found a number"
+    );
+}
