@@ -300,13 +300,15 @@ impl ColumnStats {
         ColumnType::Text
     }
 
-    /// Few, short distinct values relative to the number of rows.
+    /// Few, short distinct values relative to the number of rows: at most half as many
+    /// values as rows, or (for short values, as labels are) most values repeated.
     fn is_category_like(&self) -> bool {
-        if self.overflow {
+        if self.overflow || self.len_max > 100 {
             return false;
         }
         let distinct = self.values.len() as u64;
-        self.len_max <= 100 && distinct * 2 <= self.present.max(2)
+        distinct * 2 <= self.present.max(2)
+            || (self.len_max <= 32 && distinct * 5 <= self.present * 4)
     }
 
     pub fn length_stats(&self) -> Option<LengthStats> {
@@ -406,6 +408,13 @@ mod tests {
             stats(&["a;b", "b", "a", "a;b", "b", "a"]).infer(Some(b';')),
             ColumnType::Category
         );
+        // A small dataset: 20 rows, 12 short labels, most of them repeated.
+        let labels: Vec<String> = (0..20).map(|i| format!("class {}", i % 12)).collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert_eq!(stats(&labels).infer(Some(b',')), ColumnType::Category);
+        let names: Vec<String> = (0..20).map(|i| format!("name {i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(stats(&names).infer(Some(b',')), ColumnType::Text);
         // A number column with one word in it is text (and a warning elsewhere).
         assert_eq!(
             stats(&["1", "2", "ten", "4"]).infer(Some(b',')),

@@ -1180,7 +1180,17 @@ impl RecordSink for Sink {
             } else {
                 format!("{}, …", self.columns[..3].join(", "))
             };
-            let message = format!("expected {n} columns ({names}) but found {}", fields.len());
+            let mut message = format!("expected {n} columns ({names}) but found {}", fields.len());
+            if fields.len() > n {
+                match self.delimiter {
+                    Some(b',') => {
+                        message.push_str("; a value that contains a comma must be in double quotes")
+                    }
+                    Some(b';') => message
+                        .push_str("; a value that contains a semicolon must be in double quotes"),
+                    _ => {}
+                }
+            }
             self.row_error(line, None, message, &mut false);
             return Ok(());
         }

@@ -176,7 +176,7 @@ fn ragged_rows_are_row_errors_with_the_expected_columns() {
     assert_eq!(report.error_count, 2);
     assert_eq!(
         report.errors[0].to_string(),
-        "line 3: expected 4 columns (text, label, rating, source) but found 5"
+        "line 3: expected 4 columns (text, label, rating, source) but found 5; a value that contains a comma must be in double quotes"
     );
     assert_eq!(report.errors[1].line, Some(4));
     assert_eq!(report.profile.rows, 4);
