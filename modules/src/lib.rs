@@ -4,16 +4,17 @@
 //! It knows nothing of HTTP, SQL or AMQP: it takes bytes and tensors and returns tensors,
 //! metrics and artifact bytes (DESIGN.md §2).
 
-pub mod encoder;
 pub mod artifact;
-pub mod lora;
-pub mod ops;
-pub mod peft;
-pub mod text;
 pub mod blueprint;
 pub mod catalog;
-pub mod metrics;
-pub mod schedule;
-pub mod heads;
-pub mod train;
+pub mod encoder;
 pub mod evaluate;
+pub mod heads;
+pub mod lora;
+pub mod metrics;
+pub mod ops;
+pub mod peft;
+pub mod schedule;
+pub mod text;
+pub mod train;
+pub mod package;
