@@ -307,8 +307,7 @@ impl ColumnStats {
             return false;
         }
         let distinct = self.values.len() as u64;
-        distinct * 2 <= self.present.max(2)
-            || (self.len_max <= 32 && distinct * 5 <= self.present * 4)
+        distinct * 2 <= self.present || (self.len_max <= 32 && distinct * 5 <= self.present * 4)
     }
 
     pub fn length_stats(&self) -> Option<LengthStats> {

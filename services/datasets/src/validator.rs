@@ -463,6 +463,8 @@ struct Sink {
     roles: Option<Roles>,
     warmup: Vec<(u64, Vec<Cell<'static>>)>,
     warmup_bytes: usize,
+    /// Names given to header cells that were empty.
+    unnamed_columns: Vec<String>,
 }
 
 impl Sink {
@@ -491,6 +493,7 @@ impl Sink {
             roles: None,
             warmup: Vec::new(),
             warmup_bytes: 0,
+            unnamed_columns: Vec::new(),
         }
     }
 
@@ -540,12 +543,25 @@ impl Sink {
         while names.last() == Some(&"") && names.len() > 1 {
             names.pop();
         }
+        if names.iter().all(|n| n.is_empty()) {
+            return Err(DatasetError::MissingHeader {
+                line,
+                reason: "it has no column names".into(),
+            });
+        }
         for (i, name) in names.iter().enumerate() {
             if name.is_empty() {
-                return Err(DatasetError::MissingHeader {
-                    line,
-                    reason: format!("column {} has no name", i + 1),
-                });
+                // Pandas writes its row index under an empty name: name it and warn.
+                let generated = format!("column_{}", i + 1);
+                if self.column_index.contains_key(&generated) {
+                    return Err(DatasetError::DuplicateColumn {
+                        line,
+                        name: generated,
+                    });
+                }
+                self.unnamed_columns.push(generated.clone());
+                self.add_column(generated, line)?;
+                continue;
             }
             if parse_number(name).is_some() {
                 return Err(DatasetError::MissingHeader {
@@ -849,6 +865,11 @@ impl Sink {
                 first_line: self.first_empty_line,
             }));
         }
+        if !self.unnamed_columns.is_empty() {
+            warnings.push(Warning::new(WarningKind::UnnamedColumns {
+                columns: std::mem::take(&mut self.unnamed_columns),
+            }));
+        }
         if self.duplicate_rows > 0 {
             warnings.push(Warning::new(WarningKind::DuplicateRows {
                 count: self.duplicate_rows,
@@ -1051,7 +1072,7 @@ fn class_warnings(column: &str, counts: &HashMap<String, u64>, warnings: &mut Ve
         .filter(|c| c.count < MIN_EXAMPLES_PER_CLASS)
         .collect();
     if !rare.is_empty() {
-        rare.reverse();
+        rare.sort_by(|a, b| a.count.cmp(&b.count).then_with(|| a.value.cmp(&b.value)));
         let total = rare.len() as u64;
         rare.truncate(10);
         warnings.push(Warning::new(WarningKind::RareClasses {

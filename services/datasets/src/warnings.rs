@@ -72,6 +72,10 @@ pub enum WarningKind {
         count: u64,
         first_line: u64,
     },
+    /// Header cells that were empty got these names (`column_1`, …).
+    UnnamedColumns {
+        columns: Vec<String>,
+    },
     /// A column that is all empty.
     EmptyColumn {
         column: String,
@@ -188,6 +192,16 @@ fn message(kind: &WarningKind) -> String {
         WarningKind::EmptyRows { count, first_line } => {
             format!("{count} empty row(s) were skipped (the first on line {first_line})")
         }
+        WarningKind::UnnamedColumns { columns } => format!(
+            "the header gives no name to {}; they were named {} (often a row number written \
+             by a spreadsheet or pandas: remove it if it is not data)",
+            if columns.len() == 1 {
+                "one column"
+            } else {
+                "some columns"
+            },
+            quoted(columns)
+        ),
         WarningKind::EmptyColumn { column } => {
             format!("column \"{column}\" is empty in every row")
         }

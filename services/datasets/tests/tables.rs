@@ -291,10 +291,7 @@ fn fatal_problems_of_tables() {
         err.to_string().contains("\"1\" looks like a value"),
         "{err}"
     );
-    assert_eq!(
-        validate(b"text,,label\na,b,c\n").unwrap_err().code(),
-        "missing_header"
-    );
+    assert_eq!(validate(b",,\na,b,c\n").unwrap_err().code(), "no_rows");
     assert_eq!(
         validate(b"text,text\na,b\n").unwrap_err().code(),
         "duplicate_column"
@@ -622,4 +619,20 @@ fn jsonl_columns_keep_the_order_of_the_file() {
         report.errors[0].to_string(),
         "line 3: expected a JSON object {…} but found a number"
     );
+}
+
+#[test]
+fn an_unnamed_index_column_is_named_and_warned_about() {
+    let report = validate(b",text,label\n0,a,x\n1,b,y\n").unwrap();
+    let names: Vec<&str> = report
+        .profile
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["column_1", "text", "label"]);
+    assert!(matches!(
+        warning(&report, "unnamed_columns"),
+        Some(WarningKind::UnnamedColumns { columns }) if columns == &["column_1"]
+    ));
 }
