@@ -17,4 +17,3 @@ pub mod peft;
 pub mod schedule;
 pub mod text;
 pub mod train;
-pub mod package;
