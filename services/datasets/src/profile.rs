@@ -26,6 +26,15 @@ pub enum TableFormat {
 }
 
 impl TableFormat {
+    /// `"csv"`, `"tsv"` or `"jsonl"`, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableFormat::Csv => "csv",
+            TableFormat::Tsv => "tsv",
+            TableFormat::Jsonl => "jsonl",
+        }
+    }
+
     /// The format a file name's extension says (`.csv`, `.tsv`/`.tab`, `.jsonl`/`.ndjson`).
     pub fn from_file_name(name: &str) -> Option<TableFormat> {
         let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();

@@ -98,6 +98,15 @@ pub struct DatasetReport {
 }
 
 impl DatasetReport {
+    /// What was uploaded: `"zip"` for an archive, else the table format (`"csv"`, …).
+    pub fn upload_format(&self) -> &'static str {
+        if self.profile.archive.is_some() {
+            "zip"
+        } else {
+            self.profile.format.as_str()
+        }
+    }
+
     /// The column types as validated: the starting point for a user who wants to change
     /// them and validate again with [`ValidationOptions::schema`].
     pub fn schema(&self) -> Schema {

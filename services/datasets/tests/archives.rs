@@ -325,6 +325,7 @@ fn validate_upload_picks_archive_or_table() {
     )
     .unwrap();
     assert!(report.profile.archive.is_some());
+    assert_eq!(report.upload_format(), "zip");
     let tsv = b"a,b\tc\nx,y\tz\n".to_vec();
     let report = validate_upload(
         Cursor::new(tsv),
@@ -333,5 +334,6 @@ fn validate_upload_picks_archive_or_table() {
     )
     .unwrap();
     assert_eq!(report.profile.format, TableFormat::Tsv);
+    assert_eq!(report.upload_format(), "tsv");
     assert_eq!(report.profile.columns.len(), 2);
 }
