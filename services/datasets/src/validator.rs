@@ -538,12 +538,25 @@ impl Sink {
             });
         }
         let index = self.columns.len();
+        if let Some(roles) = &mut self.roles {
+            // A JSONL key first seen after the roles were decided.
+            let chosen = self.options.schema.as_ref().and_then(|s| s.column(&name));
+            match chosen {
+                Some(column) => {
+                    roles
+                        .checks
+                        .push((index, column.column_type, column.required));
+                    if column.column_type == ColumnType::File {
+                        roles.file_columns.insert(index);
+                    }
+                    roles.kinds.push(column.column_type);
+                }
+                None => roles.kinds.push(ColumnType::Text),
+            }
+        }
         self.column_index.insert(name.clone(), index);
         self.columns.push(name);
         self.stats.push(ColumnStats::default());
-        if let Some(roles) = &mut self.roles {
-            roles.kinds.push(ColumnType::Text);
-        }
         Ok(index)
     }
 
@@ -708,16 +721,21 @@ impl Sink {
         self.warmup_bytes = 0;
     }
 
-    /// In an archive: most values of the held rows look like paths of files in it.
+    /// In an archive: every value of the held rows has a file extension, and most are
+    /// files in the archive or have a media extension (`.png`, `.wav`, …).
     fn looks_like_file_column(&self, column: usize) -> bool {
         let Some(archive) = &self.archive else {
             return false;
         };
         let mut values = 0;
         let mut found = 0;
+        let mut media = 0;
         for (_, cells) in &self.warmup {
             if let Some(Cell::Text(v)) = cells.get(column) {
                 values += 1;
+                if Modality::from_path(v.trim()) != Modality::Other {
+                    media += 1;
+                }
                 let has_extension = v.trim().rsplit_once('.').is_some_and(|(_, ext)| {
                     (1..=5).contains(&ext.len()) && ext.chars().all(|c| c.is_ascii_alphanumeric())
                 });
@@ -729,7 +747,9 @@ impl Sink {
                 }
             }
         }
-        values > 0 && found * 2 >= values
+        // Image/audio/… names count even when missing: those rows must be errors, not a
+        // text column that silently trains on file names.
+        values > 0 && (found * 2 >= values || media * 2 >= values)
     }
 
     /// Checks one row against the column roles: chosen types, file references, conflicts.

@@ -337,3 +337,51 @@ fn validate_upload_picks_archive_or_table() {
     assert_eq!(report.upload_format(), "tsv");
     assert_eq!(report.profile.columns.len(), 2);
 }
+
+#[test]
+fn a_manifest_naming_only_missing_images_is_rejected_not_read_as_text() {
+    // The files are under data/, the manifest names images/: every row is an error.
+    let manifest = "image,label\nimages/a.png,x\nimages/b.png,y\nimages/c.png,x\n";
+    let report = check(zip_of(&[
+        ("manifest.csv", manifest.as_bytes()),
+        ("data/a.png", PNG),
+        ("data/b.png", PNG),
+    ]))
+    .unwrap();
+    assert_eq!(report.profile.columns[0].column_type, ColumnType::File);
+    assert_eq!(report.status, Status::Rejected);
+    assert_eq!(report.error_count, 3);
+}
+
+#[test]
+fn a_schema_file_column_first_seen_late_in_jsonl_is_checked() {
+    use tailor_datasets::{ColumnSchema, Schema};
+    let mut manifest = String::new();
+    for i in 0..150 {
+        manifest.push_str(&format!("{{\"label\": \"{}\"}}\n", ["a", "b"][i % 2]));
+    }
+    manifest.push_str("{\"label\": \"a\", \"scan\": \"gone.png\"}\n");
+    let options = ValidationOptions {
+        schema: Some(Schema {
+            columns: vec![ColumnSchema {
+                name: "scan".into(),
+                column_type: ColumnType::File,
+                required: false,
+            }],
+        }),
+        ..Default::default()
+    };
+    let report = validate_archive(
+        Cursor::new(zip_of(&[
+            ("manifest.jsonl", manifest.as_bytes()),
+            ("x.png", PNG),
+        ])),
+        options,
+    )
+    .unwrap();
+    assert_eq!(report.error_count, 1);
+    assert_eq!(
+        report.errors[0].to_string(),
+        "manifest.jsonl, line 151, column \"scan\": file \"gone.png\" is not in the archive"
+    );
+}
