@@ -428,7 +428,6 @@ fn hash_label(label: &str) -> u32 {
 
 /// Column roles decided after the first rows: which columns are checked and how.
 struct Roles {
-    kinds: Vec<ColumnType>,
     /// Columns checked row by row: (column, type, required).
     checks: Vec<(usize, ColumnType, bool)>,
     file_columns: HashSet<usize>,
@@ -540,18 +539,13 @@ impl Sink {
         let index = self.columns.len();
         if let Some(roles) = &mut self.roles {
             // A JSONL key first seen after the roles were decided.
-            let chosen = self.options.schema.as_ref().and_then(|s| s.column(&name));
-            match chosen {
-                Some(column) => {
-                    roles
-                        .checks
-                        .push((index, column.column_type, column.required));
-                    if column.column_type == ColumnType::File {
-                        roles.file_columns.insert(index);
-                    }
-                    roles.kinds.push(column.column_type);
+            if let Some(column) = self.options.schema.as_ref().and_then(|s| s.column(&name)) {
+                roles
+                    .checks
+                    .push((index, column.column_type, column.required));
+                if column.column_type == ColumnType::File {
+                    roles.file_columns.insert(index);
                 }
-                None => roles.kinds.push(ColumnType::Text),
             }
         }
         self.column_index.insert(name.clone(), index);
@@ -708,7 +702,6 @@ impl Sink {
                 .collect()
         };
         self.roles = Some(Roles {
-            kinds,
             checks,
             file_columns,
             input_columns,
