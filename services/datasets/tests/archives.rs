@@ -385,3 +385,22 @@ fn a_schema_file_column_first_seen_late_in_jsonl_is_checked() {
         "manifest.jsonl, line 151, column \"scan\": file \"gone.png\" is not in the archive"
     );
 }
+
+#[test]
+fn warning_mixed_modalities_in_one_column() {
+    let manifest = "file,label\na.png,x\nb.wav,y\nc.png,x\nd.wav,y\n";
+    let report = check(zip_of(&[
+        ("manifest.csv", manifest.as_bytes()),
+        ("a.png", PNG),
+        ("b.wav", b"RIFF"),
+        ("c.png", PNG),
+        ("d.wav", b"RIFF"),
+    ]))
+    .unwrap();
+    assert_eq!(report.status, Status::Accepted);
+    assert!(
+        report.warnings.iter().any(
+            |w| matches!(&w.kind, WarningKind::MixedModalities { column } if column == "file")
+        )
+    );
+}

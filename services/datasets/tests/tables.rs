@@ -636,3 +636,31 @@ fn an_unnamed_index_column_is_named_and_warned_about() {
         Some(WarningKind::UnnamedColumns { columns }) if columns == &["column_1"]
     ));
 }
+
+#[test]
+fn warning_empty_column_and_tracking_limit() {
+    let mut csv = String::from("text,label,notes\n");
+    for i in 0..10 {
+        csv.push_str(&format!("text {i},{},\n", ["a", "b"][i % 2]));
+    }
+    csv.push_str("text 0,a,\n"); // a duplicate past the tracking limit: not found
+    let options = ValidationOptions {
+        limits: Limits {
+            max_tracked_rows: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let report = validate_with(csv.as_bytes(), options).unwrap();
+    assert!(matches!(
+        warning(&report, "empty_column"),
+        Some(WarningKind::EmptyColumn { column }) if column == "notes"
+    ));
+    assert!(matches!(
+        warning(&report, "tracking_limited"),
+        Some(WarningKind::TrackingLimited { rows: 5 })
+    ));
+    assert_eq!(report.profile.duplicate_rows, 0);
+    let notes = &report.profile.columns[2];
+    assert_eq!((notes.present, notes.missing), (0, 11));
+}
