@@ -137,6 +137,21 @@ fn dropout_is_a_no_op_outside_training_and_reproducible_with_a_seed() {
         a.iter().all(|v| *v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6),
         "kept values are rescaled"
     );
+
+    // The gradient through dropout is the same mask: with x = 1, d sum(y) / dx = y.
+    let v = Var::ones((4, 256), candle_core::DType::F32, &dev()).unwrap();
+    let y = ops::dropout(v.as_tensor(), 0.25, true, &SeededRng::new(4)).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(
+        grads
+            .get(&v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
 }
 
 /// The trap this crate works around (DESIGN.md §5): candle-nn's `LayerNorm::forward` takes
