@@ -307,7 +307,64 @@ impl Model {
         let word_ids = match prepared {
             Prepared::Text(t) => Some(t.word_ids),
         };
+        let tagging = self
+            .heads
+            .heads
+            .iter()
+            .any(|h| h.config.kind == HeadKind::Token);
+        let word_ids = match word_ids {
+            Some(ids) if tagging => Some(self.whitespace_word_ids(rows, ids)?),
+            other => other,
+        };
         Ok(Forward { outs, word_ids })
+    }
+
+    /// Word ids that count whitespace-separated words, as tagging targets do. A tokenizer
+    /// may split words further (BERT's pre-tokenizer makes `smith,` two words); then each of
+    /// its words is mapped back to the whitespace word it lies in, so a label still lands on
+    /// its word's first sub-token and the labels after it do not shift.
+    fn whitespace_word_ids(
+        &self,
+        rows: &[&Row],
+        ids: Vec<Vec<Option<usize>>>,
+    ) -> candle_core::Result<Vec<Vec<Option<usize>>>> {
+        let enc = &self.encoders[0];
+        let words_in = |texts: Vec<String>| -> candle_core::Result<Vec<usize>> {
+            let Prepared::Text(t) = enc.prepare(&RawColumn::Text(texts))?;
+            Ok(t.word_ids
+                .iter()
+                .map(|item| {
+                    item.iter()
+                        .flatten()
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len()
+                })
+                .collect())
+        };
+        // Probe once per batch: does this encoder split "a,b" into more than one word?
+        if words_in(vec!["a,b".into()])?.first().copied().unwrap_or(1) <= 1 {
+            return Ok(ids);
+        }
+        rows.iter()
+            .zip(ids)
+            .map(|(row, item)| {
+                let Some(InputValue::Text(text)) = row.inputs.first() else {
+                    return Ok(item);
+                };
+                let words: Vec<String> = text.split_whitespace().map(String::from).collect();
+                if words.is_empty() {
+                    return Ok(item);
+                }
+                let mut map = Vec::new();
+                for (w, n) in words_in(words)?.into_iter().enumerate() {
+                    map.extend(std::iter::repeat_n(w, n));
+                }
+                Ok(item
+                    .into_iter()
+                    .map(|id| id.and_then(|i| map.get(i).copied()))
+                    .collect())
+            })
+            .collect()
     }
 
     fn summed_loss(&self, rows: &[&Row], f: &Forward) -> candle_core::Result<Tensor> {

@@ -32,6 +32,7 @@ struct ToyEncoder {
     lora: Option<(Var, Var)>,
     /// Dropout on the adapter's output in training, re-seeded by the loop every step.
     rng: Mutex<ChaCha8Rng>,
+    split_punct: bool,
 }
 
 impl ToyEncoder {
@@ -58,6 +59,7 @@ impl ToyEncoder {
             table,
             lora,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            split_punct: false,
         })
     }
 }
@@ -78,19 +80,24 @@ impl Encoder for ToyEncoder {
         let (mut ids, mut mask, mut word_ids) = (vec![], vec![], vec![]);
         for t in texts {
             let bytes = &t.as_bytes()[..t.len().min(64)];
+            // Words as BERT's pre-tokenizer makes them when `split_punct`: each
+            // punctuation mark is a word of its own.
             let mut words = vec![];
-            let mut w = 0usize;
-            let mut in_word = false;
+            let (mut next, mut cur) = (0usize, None);
             for &b in bytes {
                 if b == b' ' {
-                    if in_word {
-                        w += 1;
-                    }
-                    in_word = false;
+                    cur = None;
                     words.push(None);
+                } else if self.split_punct && b.is_ascii_punctuation() {
+                    words.push(Some(next));
+                    next += 1;
+                    cur = None;
                 } else {
-                    in_word = true;
-                    words.push(Some(w));
+                    if cur.is_none() {
+                        cur = Some(next);
+                        next += 1;
+                    }
+                    words.push(cur);
                 }
             }
             for i in 0..len {
@@ -160,6 +167,16 @@ fn toy_factory(
     seed: u64,
 ) -> anyhow::Result<Box<dyn Encoder>> {
     Ok(Box::new(ToyEncoder::new(lora, seed)?))
+}
+
+fn toy_punct_factory(
+    _: &CompiledInput,
+    lora: Option<&LoraSettings>,
+    seed: u64,
+) -> anyhow::Result<Box<dyn Encoder>> {
+    let mut enc = ToyEncoder::new(lora, seed)?;
+    enc.split_punct = true;
+    Ok(Box::new(enc))
 }
 
 /// Rows whose class is the keyword among random filler words.
@@ -731,4 +748,69 @@ fn adamw_takes_a_hand_checked_step_and_the_lr_follows_the_schedule() {
         (lrs[19].0 - 0.01 * (1.0 - 17.0 / 18.0)).abs() < 1e-12,
         "{lrs:?}"
     );
+}
+
+#[test]
+fn tagging_labels_stay_on_their_words_when_the_tokenizer_splits_punctuation() {
+    // "smith," is one tagged word to the dataset but two words ("smith" ",") to an encoder
+    // that splits punctuation like BERT; every label after it must not shift.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let tags: Vec<String> = ["O", "B-NAME", "I-NAME"].map(String::from).to_vec();
+    let rows: Vec<Row> = (0..80)
+        .map(|_| {
+            let (mut words, mut t) = (vec![], vec![]);
+            for _ in 0..5 {
+                if rng.random_bool(0.3) {
+                    words.extend(["mr".to_string(), "smith,".to_string()]);
+                    t.extend([1, 2]);
+                } else {
+                    let w: String = (0..4)
+                        .map(|_| rng.random_range(b'a'..=b'l') as char)
+                        .collect();
+                    words.push(if rng.random_bool(0.3) {
+                        format!("{w}.")
+                    } else {
+                        w
+                    });
+                    t.push(0);
+                }
+            }
+            Row {
+                inputs: vec![InputValue::Text(words.join(" "))],
+                targets: vec![Target::Tags(t)],
+            }
+        })
+        .collect();
+    let data = Examples {
+        labels: vec![tags],
+        rows,
+    };
+    let bp: Blueprint = serde_json::from_value(serde_json::json!({ "name": "tags",
+        "inputs": [{ "name": "text", "modality": "text", "encoder": { "module": "text/bert", "folder": "toy" } }],
+        "outputs": [{ "name": "entities", "task": "tagging", "decoder": { "module": "head/token", "dropout": 0.0 } }],
+        "training": { "epochs": 8, "batch_size": 8, "learning_rate": 0.05, "head_learning_rate": 0.05 } }))
+    .unwrap();
+    let schema = DatasetSchema::new([("text", ColumnType::Text), ("entities", ColumnType::Tags)]);
+    let bp = compile(&bp, &Catalog::builtin(), &schema).unwrap();
+    let outcome = train(
+        &bp,
+        &data,
+        None,
+        &toy_punct_factory,
+        TrainOptions::default(),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    let preds = outcome.model.predict(&data.rows[..4], 4).unwrap();
+    for (p, r) in preds[0].iter().zip(&data.rows) {
+        let tailor_modules::heads::Prediction::Tags { indices, .. } = p else {
+            panic!()
+        };
+        let Target::Tags(t) = &r.targets[0] else {
+            panic!()
+        };
+        assert_eq!(indices.len(), t.len(), "one tag per whitespace word");
+    }
+    let scores = outcome.model.score(&data, 16).unwrap();
+    assert!(scores[0].get("entity_f1").unwrap() > 0.9, "{scores:#?}");
 }
