@@ -138,3 +138,41 @@ fn minilm_adapters_get_gradients_and_a_run_reports_against_the_baseline() {
         report.outputs[0].tuned_value.is_finite() && report.outputs[0].baseline_value.is_finite()
     );
 }
+
+#[test]
+fn minilm_tagging_predicts_one_tag_per_whitespace_word() {
+    let catalog = Catalog::builtin();
+    let dir = models_dir();
+    let factory =
+        |input: &_, lora: Option<&_>, seed| load_encoder(&catalog, &dir, input, lora, seed);
+    let bp: Blueprint = serde_json::from_value(serde_json::json!({ "name": "entities",
+        "inputs": [{ "name": "clause", "modality": "text", "encoder": { "module": "text/minilm-l6", "max_tokens": 64 } }],
+        "outputs": [{ "name": "parties", "task": "tagging", "decoder": { "module": "head/token" } }] }))
+    .unwrap();
+    let schema = DatasetSchema::new([("clause", ColumnType::Text), ("parties", ColumnType::Tags)]);
+    let bp = compile(&bp, &Catalog::builtin(), &schema).unwrap();
+    // BERT splits "Mr." "Smith," "U.S." into several words; the dataset counts 6.
+    let text = "Mr. Smith, of U.S. Steel signs";
+    let data = Examples {
+        labels: vec![vec!["O".into(), "B-PARTY".into(), "I-PARTY".into()]],
+        rows: vec![Row {
+            inputs: vec![InputValue::Text(text.into())],
+            targets: vec![Target::Tags(vec![1, 2, 0, 1, 2, 0])],
+        }],
+    };
+    let model = Model::build(&bp, &data, &factory, true).unwrap();
+    let preds = model.predict(&data.rows, 1).unwrap();
+    let tailor_modules::heads::Prediction::Tags { tags, .. } = &preds[0][0] else {
+        panic!()
+    };
+    assert_eq!(tags.len(), 6);
+    let rows: Vec<&Row> = data.rows.iter().collect();
+    assert!(
+        model
+            .loss(&rows, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .is_finite()
+    );
+}
