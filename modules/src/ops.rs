@@ -276,14 +276,18 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward)?,
-        ))
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &SoftmaxBackward { scale: 1.0 },
+        )?))
     }
 }
 
-/// `dx = y · (g - Σ g·y)` from the softmax output `y` and the gradient `g`.
-struct SoftmaxBackward;
+/// `dx = scale · y · (g - Σ g·y)` from the softmax output `y` and the gradient `g`
+/// (`scale` is the factor the logits were multiplied by, 1 for a plain softmax).
+struct SoftmaxBackward {
+    scale: f32,
+}
 
 impl CustomOp2 for SoftmaxBackward {
     fn name(&self) -> &'static str {
@@ -307,10 +311,96 @@ impl CustomOp2 for SoftmaxBackward {
         {
             let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
             for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
-                *o = y * (g - dot);
+                *o = self.scale * y * (g - dot);
             }
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Attention weights: softmax over keys of `scale · scores`, with padding keys (mask 0)
+/// pushed to a large negative logit so they get zero weight. `scores` is
+/// (batch, heads, queries, keys), `mask` (batch, keys) with 1 for real tokens. On CPU f32 the
+/// scale, mask and softmax are one op with a one-pass backward; the gradient goes to
+/// `scores` only.
+pub fn attention_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, _, _, k) = scores.dims4()?;
+    if fused_path(scores) {
+        let mask = mask.to_dtype(DType::F32)?.contiguous()?;
+        if mask.dims() != [b, k] {
+            candle_core::bail!(
+                "attention mask {:?} does not fit scores {:?}",
+                mask.dims(),
+                scores.dims()
+            )
+        }
+        return scores.contiguous()?.apply_op2(
+            &mask,
+            AttentionSoftmax {
+                scale: scale as f32,
+            },
+        );
+    }
+    let bias = ((mask.to_dtype(scores.dtype())? - 1.0)? * MASKED_LOGIT)?.reshape((b, 1, 1, k))?;
+    softmax_last_dim_composed(&(scores * scale)?.broadcast_add(&bias)?)
+}
+
+/// What a padding key's logit becomes (its weight underflows to exactly zero).
+const MASKED_LOGIT: f64 = 1e9;
+
+struct AttentionSoftmax {
+    scale: f32,
+}
+
+impl CustomOp2 for AttentionSoftmax {
+    fn name(&self) -> &'static str {
+        "tailor-attention-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (xs, mask) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let keys = last_dim(l1);
+        let batch = l1.dims()[0].max(1);
+        let rows_per_item = xs.len() / keys.max(1) / batch;
+        let mut out = vec![0f32; xs.len()];
+        for (r, (row, out)) in xs
+            .chunks_exact(keys)
+            .zip(out.chunks_exact_mut(keys))
+            .enumerate()
+        {
+            let m = &mask[(r / rows_per_item.max(1)) * keys..][..keys];
+            let mut max = f32::NEG_INFINITY;
+            for ((o, &x), &m) in out.iter_mut().zip(row).zip(m) {
+                *o = self.scale * x + (m - 1.0) * MASKED_LOGIT as f32;
+                max = max.max(*o);
+            }
+            let mut sum = 0f32;
+            for o in out.iter_mut() {
+                *o = (*o - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|o| *o *= inv);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        _mask: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx =
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward { scale: self.scale })?;
+        Ok((Some(dx), None))
     }
 }
 

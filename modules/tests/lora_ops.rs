@@ -501,3 +501,63 @@ fn frozen_layers_pass_the_same_input_gradient_as_plain_ops() {
         .unwrap();
     assert!(max((g_ours.get(&x).unwrap() - g_plain.get(&x).unwrap()).unwrap()) < 1e-4);
 }
+
+#[test]
+fn attention_softmax_scales_masks_and_matches_the_composed_path() {
+    let rng = SeededRng::new(31);
+    let scores = Var::from_tensor(&rng.uniform((2, 3, 4, 5), -3.0, 3.0, &dev()).unwrap()).unwrap();
+    let mask = Tensor::new(&[[1f32, 1., 1., 0., 0.], [1., 1., 1., 1., 1.]], &dev()).unwrap();
+    let up = rng.uniform((2, 3, 4, 5), -1.0, 1.0, &dev()).unwrap();
+    let fused = ops::attention_softmax(scores.as_tensor(), &mask, 0.5).unwrap();
+    // The composed path is what runs on other devices and dtypes.
+    let bias = ((&mask - 1.0).unwrap() * 1e9)
+        .unwrap()
+        .reshape((2, 1, 1, 5))
+        .unwrap();
+    let composed = ops::softmax_last_dim_composed(
+        &(scores.as_tensor() * 0.5)
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap(),
+    )
+    .unwrap();
+    let max = |t: Tensor| {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(max((&fused - &composed).unwrap()) < 1e-6);
+    // Padding keys of item 0 get exactly zero weight; rows sum to one.
+    let item0 = fused
+        .get(0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(item0.chunks(5).all(|row| row[3] == 0.0 && row[4] == 0.0));
+    assert!(
+        item0
+            .chunks(5)
+            .all(|row| (row.iter().sum::<f32>() - 1.0).abs() < 1e-6)
+    );
+
+    let gf = (fused * &up)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gc = (composed * &up)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(max((gf.get(&scores).unwrap() - gc.get(&scores).unwrap()).unwrap()) < 1e-5);
+}

@@ -282,14 +282,8 @@ impl SelfAttention {
             .contiguous()
     }
 
-    /// `mask_bias` is (batch, 1, 1, seq): 0 for real tokens, a large negative for padding.
-    fn forward(
-        &self,
-        xs: &Tensor,
-        mask_bias: &Tensor,
-        train: bool,
-        rng: &SeededRng,
-    ) -> Result<Tensor> {
+    /// `mask` is (batch, seq) f32: 1 for real tokens, 0 for padding (keys never attended).
+    fn forward(&self, xs: &Tensor, mask: &Tensor, train: bool, rng: &SeededRng) -> Result<Tensor> {
         let (b, s, h) = xs.dims3()?;
         let q = self.split_heads(&self.query.forward_t(xs, train)?)?;
         // Keys go straight to (batch, heads, head_dim, seq) in one copy, so the score GEMM
@@ -301,9 +295,8 @@ impl SelfAttention {
             .permute((0, 2, 3, 1))?
             .contiguous()?;
         let v = self.split_heads(&self.value.forward_t(xs, train)?)?;
-        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let scores = q.matmul(&k_t)?.broadcast_add(mask_bias)?;
-        let probs = ops::softmax_last_dim(&scores)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let probs = ops::attention_softmax(&q.matmul(&k_t)?, mask, scale)?;
         let probs = ops::dropout(&probs, self.dropout, train, rng)?;
         let ctx = probs.matmul(&v)?;
         ctx.transpose(1, 2)?.reshape((b, s, h))
@@ -371,14 +364,8 @@ impl Layer {
         })
     }
 
-    fn forward(
-        &self,
-        xs: &Tensor,
-        mask_bias: &Tensor,
-        train: bool,
-        rng: &SeededRng,
-    ) -> Result<Tensor> {
-        let attended = self.attention.forward(xs, mask_bias, train, rng)?;
+    fn forward(&self, xs: &Tensor, mask: &Tensor, train: bool, rng: &SeededRng) -> Result<Tensor> {
+        let attended = self.attention.forward(xs, mask, train, rng)?;
         let attended = self.attention_output.forward(&attended, xs, train, rng)?;
         let hidden = self
             .activation
@@ -477,11 +464,14 @@ impl BertModel {
         train: bool,
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        // Padding keys get a large negative score, so softmax gives them zero weight.
-        let mask_bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, s))?;
+        if mask.dims() != [b, s] {
+            candle_core::bail!("mask {:?} does not match ids {:?}", mask.dims(), ids.dims())
+        }
+        // Padding keys get zero attention weight (see `ops::attention_softmax`).
+        let mask = mask.to_dtype(DType::F32)?.contiguous()?;
         let mut xs = self.embeddings.forward(ids, type_ids, train, &self.rng)?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, &mask_bias, train, &self.rng)?;
+            xs = layer.forward(&xs, &mask, train, &self.rng)?;
         }
         Ok(xs)
     }
