@@ -814,3 +814,41 @@ fn tagging_labels_stay_on_their_words_when_the_tokenizer_splits_punctuation() {
     let scores = outcome.model.score(&data, 16).unwrap();
     assert!(scores[0].get("entity_f1").unwrap() > 0.9, "{scores:#?}");
 }
+
+#[test]
+fn the_validation_split_is_stratified_and_seeded() {
+    use tailor_modules::train::stratified_split;
+    // 60 / 30 / 10 rows of three classes.
+    let rows: Vec<Row> = (0..100)
+        .map(|i| Row {
+            inputs: vec![InputValue::Text(String::new())],
+            targets: vec![Target::Class(if i < 60 {
+                0
+            } else if i < 90 {
+                1
+            } else {
+                2
+            })],
+        })
+        .collect();
+    let (kept, held) = stratified_split(&rows, 0.2, 7);
+    assert_eq!((kept.len(), held.len()), (80, 20));
+    let count = |idx: &[usize], c: usize| {
+        idx.iter()
+            .filter(|&&i| rows[i].targets[0] == Target::Class(c))
+            .count()
+    };
+    assert_eq!(
+        (count(&held, 0), count(&held, 1), count(&held, 2)),
+        (12, 6, 2)
+    );
+    assert_eq!(
+        stratified_split(&rows, 0.2, 7),
+        (kept.clone(), held.clone())
+    );
+    assert_ne!(stratified_split(&rows, 0.2, 8).1, held);
+    // A class with a single row stays in training.
+    let tiny = vec![rows[0].clone(), rows[1].clone(), rows[95].clone()];
+    let (kept, held) = stratified_split(&tiny, 0.5, 1);
+    assert!(kept.contains(&2) && held.len() == 1);
+}
