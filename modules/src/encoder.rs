@@ -7,6 +7,8 @@
 
 use candle_core::{Result, Tensor, Var};
 
+use crate::peft::{AdapterError, AdapterFiles};
+
 /// The raw values of one input column for a batch of rows, before any preparation.
 #[derive(Debug, Clone)]
 pub enum RawColumn {
@@ -67,4 +69,13 @@ pub trait Encoder: Send + Sync {
     /// the baseline and tuned runs do not depend on how many forwards came before. Encoders
     /// without randomness keep this no-op.
     fn reseed(&self, _seed: u64) {}
+
+    /// The trained adapter as PEFT's two files (`task_type` is PEFT's: `SEQ_CLS` …), with
+    /// what identifies the base it fits. `None` for encoders that cannot carry adapters.
+    fn adapter_files(
+        &self,
+        _task_type: &str,
+    ) -> Option<std::result::Result<AdapterFiles, AdapterError>> {
+        None
+    }
 }

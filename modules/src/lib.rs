@@ -13,6 +13,7 @@ pub mod heads;
 pub mod lora;
 pub mod metrics;
 pub mod ops;
+pub mod package;
 pub mod peft;
 pub mod schedule;
 pub mod text;

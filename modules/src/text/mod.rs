@@ -347,4 +347,11 @@ impl Encoder for TextEncoder {
         }
         vars
     }
+
+    fn adapter_files(
+        &self,
+        task_type: &str,
+    ) -> Option<std::result::Result<AdapterFiles, AdapterError>> {
+        Some(self.save_adapter(task_type))
+    }
 }
