@@ -30,7 +30,7 @@ use tailor_core::{
 };
 use uuid::Uuid;
 
-use crate::state::AppState;
+use crate::{routes::PageError, state::AppState};
 
 pub const SESSION_COOKIE: &str = "__Host-tailor_session";
 /// Double-submit cookie guarding the sign-in and sign-up forms (no session yet).
@@ -117,16 +117,27 @@ async fn authenticate(req: &HttpRequest, form_csrf: Option<&str>) -> Result<Curr
     })
 }
 
+/// JSON errors under `/api/`, page errors (sign-in redirect, HTML) elsewhere.
+fn reject(req: &HttpRequest, e: Error) -> actix_web::Error {
+    if req.path().starts_with("/api/") {
+        e.into()
+    } else {
+        PageError(e).into()
+    }
+}
+
 impl FromRequest for CurrentUser {
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, actix_web::Error>>>>;
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
             if let Some(user) = req.extensions().get::<CurrentUser>() {
                 return Ok(user.clone());
             }
-            let user = authenticate(&req, None).await?;
+            let user = authenticate(&req, None)
+                .await
+                .map_err(|e| reject(&req, e))?;
             req.extensions_mut().insert(user.clone());
             Ok(user)
         })
@@ -204,15 +215,17 @@ impl CurrentMember {
 }
 
 impl FromRequest for CurrentMember {
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, actix_web::Error>>>>;
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let req = req.clone();
         let user = CurrentUser::from_request(&req, payload);
         Box::pin(async move {
             let user = user.await?;
             let state = state(&req);
-            let member = CurrentMember::resolve(&state, &req, user).await?;
+            let member = CurrentMember::resolve(&state, &req, user)
+                .await
+                .map_err(|e| reject(&req, e))?;
             tracing::Span::current().record("org_id", tracing::field::display(member.org_id));
             Ok(member)
         })
@@ -234,17 +247,24 @@ struct WithCsrf<T> {
 }
 
 impl<T: DeserializeOwned + 'static> FromRequest for CsrfForm<T> {
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, actix_web::Error>>>>;
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let req = req.clone();
         let body = web::Form::<WithCsrf<T>>::from_request(&req, payload);
         Box::pin(async move {
             let body = body
                 .await
-                .map_err(|_| Error::validation("form", "The form could not be read."))?
+                .map_err(|_| {
+                    reject(
+                        &req,
+                        Error::validation("form", "The form could not be read."),
+                    )
+                })?
                 .into_inner();
-            let user = authenticate(&req, Some(&body.csrf_token)).await?;
+            let user = authenticate(&req, Some(&body.csrf_token))
+                .await
+                .map_err(|e| reject(&req, e))?;
             req.extensions_mut().insert(user.clone());
             Ok(CsrfForm {
                 user,

@@ -122,6 +122,14 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../templates/invitation.html"),
     ),
     ("error.html", include_str!("../../../templates/error.html")),
+    (
+        "datasets.html",
+        include_str!("../../../templates/datasets.html"),
+    ),
+    (
+        "dataset.html",
+        include_str!("../../../templates/dataset.html"),
+    ),
 ];
 
 pub struct Templates {

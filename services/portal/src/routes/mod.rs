@@ -1,6 +1,7 @@
 //! Routes, one file per resource. Handlers parse input, call `tailor_core`, and answer.
 
 pub mod assets;
+pub mod datasets;
 pub mod health;
 pub mod invitations;
 pub mod members;
@@ -24,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(members::configure_api)
                 .configure(invitations::configure_api)
                 .configure(tokens::configure_api)
+                .configure(datasets::configure_api)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(Error::NotFound)
                 })),
@@ -31,7 +33,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(session::configure_pages)
         .configure(orgs::configure_pages)
         .configure(members::configure_pages)
-        .configure(invitations::configure_pages);
+        .configure(invitations::configure_pages)
+        .configure(datasets::configure_pages);
 }
 
 /// Malformed JSON bodies answer with our error shape, naming the problem generically.
