@@ -30,6 +30,18 @@ impl SeededRng {
         Self(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))))
     }
 
+    /// Restarts the shared stream from `seed` (every clone sees it): the training loop
+    /// re-seeds before each step so a resumed run draws the same dropout masks.
+    pub fn reseed(&self, seed: u64) {
+        // A poisoned lock only means another thread panicked mid-draw; the state is
+        // replaced wholesale, so it is safe to take over.
+        let mut rng = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *rng = StdRng::seed_from_u64(seed);
+    }
+
     /// A tensor of `shape` with values drawn uniformly from `[lo, hi)`.
     pub fn uniform(
         &self,

@@ -21,7 +21,8 @@ use crate::ops::{DTYPE, SeededRng};
 use crate::peft::{self, Adapter, AdapterError, AdapterFiles, BaseFingerprint, peft_name};
 use bert::{BertModel, Config};
 
-/// How token states become one vector per item.
+/// How token states become one vector per item. The pooled vector is not L2-normalized
+/// (sentence-transformers normalizes for similarity search; heads get the raw mean).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
@@ -71,6 +72,8 @@ pub struct TextEncoder {
     fingerprint: BaseFingerprint,
     base_name: String,
     merged: bool,
+    /// Shared with every layer: adapter init drew from it, dropout draws from it.
+    rng: SeededRng,
 }
 
 impl TextEncoder {
@@ -155,6 +158,7 @@ impl TextEncoder {
             fingerprint,
             base_name,
             merged: false,
+            rng,
         })
     }
 
@@ -337,6 +341,10 @@ impl Encoder for TextEncoder {
         match input {
             Prepared::Text(tokenized) => self.encode_tokenized(tokenized, train),
         }
+    }
+
+    fn reseed(&self, seed: u64) {
+        self.rng.reseed(seed);
     }
 
     fn adapter_vars(&self) -> Vec<(String, Var)> {
