@@ -38,11 +38,14 @@ def matmul(args):
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
         a @ b
-    reps = 20
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    dt = time.perf_counter() - t
+    # The best of 5 rounds of 10: a ceiling is the best the machine gives, and a shared
+    # machine disturbs single rounds (the same on the Rust side).
+    reps, dt = 10, float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        dt = min(dt, time.perf_counter() - t)
     print(json.dumps({"what": "matmul", "impl": "torch", "gflops": 2 * n**3 * reps / dt / 1e9}))
 
 
