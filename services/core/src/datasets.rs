@@ -321,6 +321,13 @@ async fn discard(store: &Store, key: &Path) {
     }
 }
 
+/// Who writes a dataset version, and in which organization.
+#[derive(Debug, Clone, Copy)]
+pub struct Author {
+    pub org: OrgId,
+    pub user: Uuid,
+}
+
 /// What to record for a new version.
 struct NewVersion<'a> {
     org: OrgId,
@@ -431,12 +438,11 @@ enum DatasetRef<'a> {
 
 /// Validates an upload spooled to `file` and stores it as the next version of the
 /// dataset called `name` (created on first upload).
-#[tracing::instrument(skip(pool, store, file), fields(org_id = %org))]
+#[tracing::instrument(skip(pool, store, file), fields(org_id = %author.org))]
 pub async fn upload(
     pool: &PgPool,
     store: &Store,
-    org: OrgId,
-    user: Uuid,
+    author: Author,
     name: &DatasetName,
     file_name: Option<&str>,
     file: std::fs::File,
@@ -449,8 +455,8 @@ pub async fn upload(
     let (file, report) = validate(file, file_name.map(str::to_owned), options).await?;
     let schema = report.schema();
     let new = NewVersion {
-        org,
-        user,
+        org: author.org,
+        user: author.user,
         file_name,
         derived_from: None,
         report: &report,
@@ -478,18 +484,17 @@ fn parse_column_type(raw: &str) -> Option<ColumnType> {
 
 /// Validates the file of version `version` again with changed column types; if every row
 /// passes, records it as a new version. The old version is left as it was.
-#[tracing::instrument(skip(pool, store, change), fields(org_id = %org))]
+#[tracing::instrument(skip(pool, store, change), fields(org_id = %author.org))]
 pub async fn change_schema(
     pool: &PgPool,
     store: &Store,
-    org: OrgId,
-    user: Uuid,
+    author: Author,
     dataset: Uuid,
     version: i32,
     change: SchemaChange,
     max_bytes: u64,
 ) -> Result<DatasetVersion, UploadError> {
-    let base = find_version(pool, org, dataset, version)
+    let base = find_version(pool, author.org, dataset, version)
         .await?
         .or_not_found()?;
     let mut schema = base.schema.0.clone();
@@ -534,8 +539,8 @@ pub async fn change_schema(
     };
     let (file, report) = validate(file, base.file_name.clone(), options).await?;
     let new = NewVersion {
-        org,
-        user,
+        org: author.org,
+        user: author.user,
         file_name: base.file_name.as_deref(),
         derived_from: Some(base.version),
         report: &report,
@@ -693,8 +698,7 @@ pub async fn ensure_demo_dataset(
     let version = upload(
         pool,
         store,
-        org,
-        user,
+        Author { org, user },
         &name,
         Some(file_name),
         file,

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tailor_core::{
     Error,
-    datasets::{self, DatasetName, DatasetVersion, SchemaChange, UploadError},
+    datasets::{self, Author, DatasetName, DatasetVersion, SchemaChange, UploadError},
     error::OrNotFound,
 };
 use tailor_datasets::{ColumnType, WarningKind};
@@ -84,8 +84,10 @@ async fn api_upload(
     let version = datasets::upload(
         &state.pool,
         &state.store,
-        member.org_id,
-        member.user_id,
+        Author {
+            org: member.org_id,
+            user: member.user_id,
+        },
         &name,
         file_name.as_deref(),
         file,
@@ -192,8 +194,10 @@ async fn api_change_schema(
     let created = datasets::change_schema(
         &state.pool,
         &state.store,
-        member.org_id,
-        member.user_id,
+        Author {
+            org: member.org_id,
+            user: member.user_id,
+        },
         id,
         version,
         body.into_inner(),
