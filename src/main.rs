@@ -86,7 +86,7 @@ async fn worker() -> anyhow::Result<()> {
 
 async fn make_demo(settings: &Settings) -> anyhow::Result<()> {
     let pool = db::pool(&settings.database)?;
-    let made = demo::ensure_demo(&pool)
+    let made = demo::ensure_demo_with_dataset(&pool, settings)
         .await
         .map_err(|e| anyhow::anyhow!("creating the demo: {e:?}"))?;
     println!(

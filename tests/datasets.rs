@@ -611,3 +611,23 @@ async fn an_archive_with_a_manifest_is_stored_as_a_zip() {
     let objects = objects_of(&app, session.org_id);
     assert!(objects[0].ends_with("v1/data.zip"), "{objects:?}");
 }
+
+#[tokio::test]
+async fn the_demo_has_a_dataset_and_making_it_again_changes_nothing() {
+    let app = spawn_app().await;
+    let demo = tailor_core::demo::ensure_demo_with_dataset(&app.pool, &app.settings)
+        .await
+        .unwrap();
+    let again = tailor_core::demo::ensure_demo_with_dataset(&app.pool, &app.settings)
+        .await
+        .unwrap();
+    assert_eq!(demo.org_id, again.org_id);
+    assert_eq!(rows_of(&app, demo.org_id.0).await, (1, 1));
+    let rows: i64 = sqlx::query_scalar("SELECT row_count FROM dataset_versions WHERE org_id = $1")
+        .bind(demo.org_id.0)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(rows >= 20, "{rows}");
+    assert_eq!(objects_of(&app, demo.org_id.0).len(), 1);
+}

@@ -686,25 +686,48 @@ pub async fn ensure_demo_dataset(
     }
     let assets = std::env::var("TAILOR_ASSETS").unwrap_or_else(|_| "/var/tmp/tailor-assets".into());
     let tsv = std::path::Path::new(&assets).join("drugreview/drugsComTrain.tsv");
-    let (file, file_name) = match std::fs::File::open(&tsv) {
-        Ok(file) => (file, "drugsComTrain.tsv"),
-        Err(_) => {
+    let author = Author { org, user };
+    let from_assets = match std::fs::File::open(&tsv) {
+        Ok(file) => {
+            match upload(
+                pool,
+                store,
+                author,
+                &name,
+                Some("drugsComTrain.tsv"),
+                file,
+                max_bytes,
+            )
+            .await
+            {
+                Ok(version) => Some(version),
+                Err(e @ (UploadError::Unreadable(_) | UploadError::Rejected { .. })) => {
+                    tracing::warn!(error = %e, path = %tsv.display(), "drug reviews refused; using the built-in sample");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(_) => None,
+    };
+    let version = match from_assets {
+        Some(version) => version,
+        None => {
             let mut file = tempfile::tempfile().context("creating a temporary file")?;
             file.write_all(DEMO_CSV.as_bytes())
                 .context("writing the demo dataset")?;
-            (file, "drug-reviews.csv")
+            upload(
+                pool,
+                store,
+                author,
+                &name,
+                Some("drug-reviews.csv"),
+                file,
+                max_bytes,
+            )
+            .await?
         }
     };
-    let version = upload(
-        pool,
-        store,
-        Author { org, user },
-        &name,
-        Some(file_name),
-        file,
-        max_bytes,
-    )
-    .await?;
     tracing::info!(rows = version.row_count, "demo dataset ready");
     Ok(())
 }

@@ -56,3 +56,27 @@ pub async fn ensure_demo(pool: &PgPool) -> Result<Demo, Error> {
         org_id,
     })
 }
+
+/// [`ensure_demo`], plus a demo dataset ("Drug reviews") in the demo organization: what
+/// `tailor demo` and `tailor up --demo` prepare.
+#[tracing::instrument(skip_all)]
+pub async fn ensure_demo_with_dataset(
+    pool: &PgPool,
+    settings: &crate::Settings,
+) -> Result<Demo, Error> {
+    let demo = ensure_demo(pool).await?;
+    let store = crate::storage::build(&settings.object_store)?;
+    crate::datasets::ensure_demo_dataset(
+        pool,
+        &store,
+        demo.org_id,
+        demo.user_id,
+        settings.application.max_upload_bytes,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::datasets::UploadError::Other(e) => e,
+        other => Error::Unexpected(anyhow::anyhow!("the demo dataset was refused: {other}")),
+    })?;
+    Ok(demo)
+}
