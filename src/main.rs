@@ -1,5 +1,7 @@
 //! The `tailor` command: parses arguments and calls the crates' `run` functions.
 
+mod train;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tailor_core::{Settings, db, demo, telemetry};
@@ -33,14 +35,46 @@ enum Command {
     Migrate,
     /// Create the demo user (demo@tailor.local / tailor-demo) and organization.
     Demo,
+    /// Train a blueprint on a local CSV/TSV/JSONL file (no platform needed), report it
+    /// against the frozen-encoder baseline and write the model version.
+    Train {
+        /// The blueprint (JSON or YAML).
+        blueprint: std::path::PathBuf,
+        /// Labelled rows: one column per input and output, named as in the blueprint.
+        data: std::path::PathBuf,
+        /// Held-out rows to report on (default: a stratified share of DATA).
+        #[arg(long)]
+        test: Option<std::path::PathBuf>,
+        /// Where to write the model version (default: ./<blueprint name>-model).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Local training needs no settings, database or telemetry.
+    let command = match cli.command {
+        Command::Train {
+            blueprint,
+            data,
+            test,
+            out,
+        } => {
+            let args = train::TrainArgs {
+                blueprint,
+                data,
+                test,
+                out,
+            };
+            return tokio::task::spawn_blocking(move || train::run(args)).await?;
+        }
+        other => other,
+    };
     let settings = Settings::load()?;
     telemetry::init(&settings.telemetry);
-    match cli.command {
+    match command {
         Command::Serve => serve(settings).await,
         Command::Gateway => gateway(settings).await,
         Command::Worker => worker().await,
@@ -60,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
                 r = worker() => { tracing::info!(?r, "worker stopped"); r }
             }
         }
+        Command::Train { .. } => unreachable!("handled above"),
     }
 }
 
