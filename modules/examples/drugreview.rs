@@ -11,7 +11,8 @@
 //!
 //! Knobs (environment): `DRUG_PER_CLASS` (seeded sample per class, 0 = all rows),
 //! `DRUG_EPOCHS` (3), `DRUG_MAX_TOKENS` (128), `DRUG_RANK` (8), `DRUG_TARGETS`
-//! (`query,value`), `DRUG_LR` (1e-3), `DRUG_HEAD_LR` (1e-2), `DRUG_TEST_ROWS` (0 = all), `DRUG_OUT`.
+//! (`query,value`), `DRUG_LR` (1e-3), `DRUG_HEAD_LR` (1e-2), `DRUG_TEST_ROWS` (0 = all), `DRUG_METRIC` (`loss`: picks
+//! the best epoch), `DRUG_VAL` (validation share, 0.2), `DRUG_OUT`.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -65,6 +66,8 @@ fn main() -> anyhow::Result<()> {
     let rank: usize = env("DRUG_RANK", 8);
     let lr: f64 = env("DRUG_LR", 1e-3);
     let head_lr: f64 = env("DRUG_HEAD_LR", 1e-2);
+    let metric: String = env("DRUG_METRIC", "loss".to_string());
+    let val: f64 = env("DRUG_VAL", 0.2);
     let test_rows: usize = env("DRUG_TEST_ROWS", 0);
     let targets: Vec<String> = env("DRUG_TARGETS", "query,value".to_string())
         .split(',')
@@ -79,8 +82,8 @@ fn main() -> anyhow::Result<()> {
                       "decoder": { "module": "head/linear" } }],
         "adaptation": { "rank": rank, "alpha": 2 * rank, "dropout": 0.05, "targets": targets },
         "training": { "epochs": epochs, "batch_size": 16, "learning_rate": lr,
-                      "head_learning_rate": head_lr, "seed": 7, "validation_split": 0.2,
-                      "early_stopping": { "metric": "loss", "patience": 0 } } }))?;
+                      "head_learning_rate": head_lr, "seed": 7, "validation_split": val,
+                      "early_stopping": { "metric": metric, "patience": 0 } } }))?;
     let schema = DatasetSchema::new([
         ("review", ColumnType::Text),
         ("rating", ColumnType::Category),
