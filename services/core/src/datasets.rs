@@ -757,6 +757,25 @@ mod tests {
         assert_eq!(parse_column_type("Number"), None);
     }
 
+    #[tokio::test]
+    async fn spooling_stops_past_the_limit_even_without_a_declared_length() {
+        let chunks = |n: usize| {
+            futures::stream::iter(
+                (0..n).map(|_| Ok::<_, std::convert::Infallible>(Bytes::from(vec![b'a'; 600]))),
+            )
+        };
+        let err = spool(chunks(3), 1024).await.unwrap_err();
+        assert!(matches!(
+            err,
+            UploadError::Unreadable(DatasetError::TooLarge { limit: 1024 })
+        ));
+        let mut file = spool(chunks(1), 1024).await.unwrap();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        let mut back = Vec::new();
+        file.read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), 600);
+    }
+
     #[test]
     fn the_built_in_demo_dataset_is_accepted() {
         let report =
