@@ -330,7 +330,7 @@ pub fn model_card(
     s.push_str(&report_table(report));
     for out in &report.outputs {
         s.push_str(&format!(
-            "On `{}`, the headline measure ({}) is {} for the tuned model against {} for the baseline.\n\n",
+            "On `{}`, the headline measure ({}) is {} for the tuned model against {} for the baseline. {}\n\n",
             out.name,
             out.headline,
             if out.task == Task::Regression {
@@ -342,6 +342,13 @@ pub fn model_card(
                 num(out.baseline_value)
             } else {
                 pct(out.baseline_value)
+            },
+            if !out.gain.is_finite() || !report.adapted {
+                ""
+            } else if (out.gain > 0.0) == crate::metrics::higher_is_better(&out.headline) {
+                "Adapting the encoder helped."
+            } else {
+                "Here adapting the encoder did NOT help: the baseline does better, so prefer a heads-only model (no adaptation) or more data."
             },
         ));
     }
