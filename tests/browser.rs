@@ -218,10 +218,11 @@ impl Browser<'_> {
 
 #[tokio::test]
 async fn sign_up_upload_a_dataset_and_see_its_profile_in_chromium() {
-    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
-        eprintln!("skipped: {CHROMIUM} or {CHROMEDRIVER} is missing");
-        return;
-    }
+    // scripts/test installs both; a missing browser is a failure, never a silent pass.
+    assert!(
+        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+        "{CHROMIUM} and {CHROMEDRIVER} are needed: run scripts/test, which installs them"
+    );
     let app = spawn_app().await;
     // `localhost` is a secure context, so Chromium keeps the `__Host-` Secure cookie.
     let base = app.address.replace("127.0.0.1", "localhost");
