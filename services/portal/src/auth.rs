@@ -198,10 +198,11 @@ impl CurrentMember {
             Some(org) => orgs::membership(&state.pool, org, user.user_id).await?,
             None => None,
         };
-        if member.is_none() && !explicit {
-            if let Some(org) = users::default_org(&state.pool, user.user_id).await? {
-                member = orgs::membership(&state.pool, org, user.user_id).await?;
-            }
+        if member.is_none()
+            && !explicit
+            && let Some(org) = users::default_org(&state.pool, user.user_id).await?
+        {
+            member = orgs::membership(&state.pool, org, user.user_id).await?;
         }
         let member = member.ok_or(Error::NotFound)?;
         Ok(CurrentMember {
