@@ -941,6 +941,10 @@ pub struct TrainOptions<'a> {
     /// Also emit a checkpoint every this many steps (one is always emitted per epoch).
     pub checkpoint_every: Option<usize>,
     pub resume: Option<TrainState>,
+    /// Starting values for some trainable tensors (by their names in
+    /// [`Model::trainable`]), e.g. the heads of the baseline run, so that the tuned run
+    /// starts from the linear-probe solution (LP-FT). Ignored when resuming.
+    pub init: Option<Vec<(String, Tensor)>>,
 }
 
 impl Default for TrainOptions<'_> {
@@ -950,6 +954,7 @@ impl Default for TrainOptions<'_> {
             cancel: None,
             checkpoint_every: None,
             resume: None,
+            init: None,
         }
     }
 }
@@ -1023,6 +1028,15 @@ pub fn train(
     };
     let model = Model::build(blueprint, &train_data, factory, options.adapters)?;
     let params = model.trainable();
+    if let (Some(init), None) = (&options.init, &options.resume) {
+        let init: HashMap<&str, &Tensor> = init.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (name, var, _) in &params {
+            if let Some(t) = init.get(name.as_str()) {
+                var.set(t)
+                    .with_context(|| format!("starting {name} from the given values"))?;
+            }
+        }
+    }
     let vars: Vec<Var> = params.iter().map(|(_, v, _)| v.clone()).collect();
     let mut opt = AdamW::new(params.clone(), settings.weight_decay)?;
 
