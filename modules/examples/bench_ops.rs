@@ -1,10 +1,12 @@
-//! Timing of the MiniLM encoder (a benchmark, so ignored by default):
+//! Timing of the MiniLM encoder and its building blocks, for profiling work on the
+//! forward and backward paths (the comparison with PyTorch is `bench/ml.sh`):
 //!
-//!     cargo test -p tailor-modules --test text_speed -- --ignored --nocapture
+//!     cargo run --release -p tailor-modules --example bench_ops
 //!
 //! Batch 32 of 128 tokens: inference, and a training step's forward + backward with LoRA on
 //! query/value.
 
+#[path = "../tests/text_support/mod.rs"]
 mod text_support;
 
 use std::time::Instant;
@@ -56,8 +58,6 @@ fn time<T>(label: &str, runs: usize, mut f: impl FnMut() -> T) -> f64 {
     secs
 }
 
-#[test]
-#[ignore = "benchmark"]
 fn minilm_batch_32_by_128_tokens() {
     let lora = LoraConfig {
         rank: 8,
@@ -99,8 +99,6 @@ fn minilm_batch_32_by_128_tokens() {
     });
 }
 
-#[test]
-#[ignore = "benchmark"]
 fn encoder_building_blocks() {
     use candle_core::{DType, Device};
     use tailor_modules::ops;
@@ -155,8 +153,6 @@ fn encoder_building_blocks() {
     });
 }
 
-#[test]
-#[ignore = "benchmark"]
 fn backward_building_blocks() {
     use candle_core::{DType, Device, Var};
     use tailor_modules::ops;
@@ -227,8 +223,6 @@ fn backward_building_blocks() {
     });
 }
 
-#[test]
-#[ignore = "benchmark"]
 fn lora_layer_overhead() {
     use candle_core::{Device, Module};
     use tailor_modules::lora::{LoraConfig, LoraLinear};
@@ -256,8 +250,6 @@ fn lora_layer_overhead() {
     let _ = lora.forward(&x);
 }
 
-#[test]
-#[ignore = "benchmark"]
 fn frozen_vs_adapted_eval_interleaved() {
     let lora = LoraConfig {
         rank: 8,
@@ -283,4 +275,12 @@ fn frozen_vs_adapted_eval_interleaved() {
             encoder.encode_tokenized(&input, false).unwrap()
         });
     }
+}
+
+fn main() {
+    minilm_batch_32_by_128_tokens();
+    encoder_building_blocks();
+    backward_building_blocks();
+    lora_layer_overhead();
+    frozen_vs_adapted_eval_interleaved();
 }
