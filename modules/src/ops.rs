@@ -180,6 +180,42 @@ fn last_dim(layout: &Layout) -> usize {
     layout.dims().last().copied().unwrap_or(1)
 }
 
+/// Applies `f` to each row (last dimension) of one contiguous f32 input, writing the
+/// output row of the same shape.
+fn map_rows(
+    storage: &CpuStorage,
+    layout: &Layout,
+    mut f: impl FnMut(&[f32], &mut [f32]),
+) -> Result<(CpuStorage, Shape)> {
+    let xs = f32_slice(storage, layout)?;
+    let dim = last_dim(layout);
+    let mut out = vec![0f32; xs.len()];
+    for (row, out) in xs.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        f(row, out);
+    }
+    Ok((CpuStorage::F32(out), layout.shape().clone()))
+}
+
+/// Like [`map_rows`] over the matching rows of two inputs of one shape (a backward pass:
+/// the forward's input or output, and the incoming gradient).
+fn map_rows2(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    mut f: impl FnMut(&[f32], &[f32], &mut [f32]),
+) -> Result<(CpuStorage, Shape)> {
+    let (xs, gs) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+    let dim = last_dim(l1);
+    let mut out = vec![0f32; xs.len()];
+    for ((row, g), out) in xs
+        .chunks_exact(dim)
+        .zip(gs.chunks_exact(dim))
+        .zip(out.chunks_exact_mut(dim))
+    {
+        f(row, g, out);
+    }
+    Ok((CpuStorage::F32(out), l1.shape().clone()))
+}
+
 /// `(x - mean) / sqrt(var + eps)` per row of the last dimension.
 struct Normalize {
     eps: f64,
@@ -199,16 +235,12 @@ impl CustomOp1 for Normalize {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_slice(storage, layout)?;
-        let dim = last_dim(layout);
-        let mut out = vec![0f32; xs.len()];
-        for (row, out) in xs.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        map_rows(storage, layout, |row, out| {
             let (mean, inv_std) = row_stats(row, self.eps);
             for (o, &v) in out.iter_mut().zip(row) {
                 *o = ((v as f64 - mean) * inv_std) as f32;
             }
-        }
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        })
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -236,16 +268,9 @@ impl CustomOp2 for NormalizeBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (xs, gs) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let dim = last_dim(l1);
-        let mut out = vec![0f32; xs.len()];
-        for ((row, g), out) in xs
-            .chunks_exact(dim)
-            .zip(gs.chunks_exact(dim))
-            .zip(out.chunks_exact_mut(dim))
-        {
+        map_rows2((s1, l1), (s2, l2), |row, g, out| {
             let (mean, inv_std) = row_stats(row, self.eps);
-            let n = dim as f64;
+            let n = row.len() as f64;
             let (mut g_mean, mut gx_mean) = (0f64, 0f64);
             for (&v, &g) in row.iter().zip(g) {
                 g_mean += g as f64;
@@ -257,8 +282,7 @@ impl CustomOp2 for NormalizeBackward {
                 let x_hat = (v as f64 - mean) * inv_std;
                 *o = ((g as f64 - g_mean - x_hat * gx_mean) * inv_std) as f32;
             }
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        })
     }
 }
 
@@ -271,10 +295,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = f32_slice(storage, layout)?;
-        let dim = last_dim(layout);
-        let mut out = vec![0f32; xs.len()];
-        for (row, out) in xs.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        map_rows(storage, layout, |row, out| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for (o, &v) in out.iter_mut().zip(row) {
@@ -283,8 +304,7 @@ impl CustomOp1 for Softmax {
             }
             let inv = 1.0 / sum;
             out.iter_mut().for_each(|o| *o *= inv);
-        }
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        })
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -313,20 +333,12 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (ys, gs) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let dim = last_dim(l1);
-        let mut out = vec![0f32; ys.len()];
-        for ((y, g), out) in ys
-            .chunks_exact(dim)
-            .zip(gs.chunks_exact(dim))
-            .zip(out.chunks_exact_mut(dim))
-        {
+        map_rows2((s1, l1), (s2, l2), |y, g, out| {
             let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
             for ((o, &y), &g) in out.iter_mut().zip(y).zip(g) {
                 *o = self.scale * y * (g - dot);
             }
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        })
     }
 }
 
