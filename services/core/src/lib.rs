@@ -9,6 +9,7 @@ pub mod db;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod jobs;
 pub mod queue;
 pub mod settings;
 pub mod storage;

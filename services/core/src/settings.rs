@@ -53,6 +53,7 @@ pub struct Settings {
     pub object_store: ObjectStoreSettings,
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
+    pub jobs: JobSettings,
 }
 
 fn default_environment() -> Environment {
@@ -70,6 +71,47 @@ impl Default for Settings {
             object_store: ObjectStoreSettings::default(),
             auth: AuthSettings::default(),
             telemetry: TelemetrySettings::default(),
+            jobs: JobSettings::default(),
+        }
+    }
+}
+
+/// Training jobs: the relay, the workers' leases and limits (DESIGN.md §3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct JobSettings {
+    /// How long a claim lasts without a heartbeat before the reaper re-queues the job.
+    pub lease_seconds: u64,
+    /// How often a worker renews its lease while it trains.
+    pub heartbeat_seconds: u64,
+    /// How often the reaper looks for expired leases.
+    pub reaper_seconds: u64,
+    /// How often the relay looks for unpublished outbox rows (it is also woken by NOTIFY).
+    pub relay_poll_millis: u64,
+    /// Claims of one job before it is failed and sent to the dead-letter queue.
+    pub max_attempts: i32,
+    /// Checkpoint to the object store every this many training steps.
+    pub checkpoint_every: usize,
+    /// Jobs one worker process trains at the same time.
+    pub worker_concurrency: usize,
+    /// Jobs of one organization running at the same time, over all workers.
+    pub org_concurrency: i64,
+    /// Where base checkpoints are (`scripts/fetch-assets` puts them here).
+    pub assets_dir: PathBuf,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            lease_seconds: 30,
+            heartbeat_seconds: 5,
+            reaper_seconds: 5,
+            relay_poll_millis: 500,
+            max_attempts: 3,
+            checkpoint_every: 20,
+            worker_concurrency: 1,
+            org_concurrency: 2,
+            assets_dir: PathBuf::from("/var/tmp/tailor-assets"),
         }
     }
 }
@@ -273,6 +315,14 @@ impl Settings {
             .try_deserialize()
             .context("configuration does not match the Settings struct")?;
         settings.environment = environment;
+        // The scripts name the assets folder TAILOR_ASSETS; honour it unless the jobs
+        // setting itself was given.
+        if let (Ok(assets), Err(_)) = (
+            std::env::var("TAILOR_ASSETS"),
+            std::env::var("TAILOR__JOBS__ASSETS_DIR"),
+        ) {
+            settings.jobs.assets_dir = PathBuf::from(assets);
+        }
         settings.finish()?;
         Ok(settings)
     }
