@@ -4,12 +4,14 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod blueprints;
 pub mod datasets;
 pub mod db;
 pub mod demo;
 pub mod error;
 pub mod health;
 pub mod jobs;
+pub mod models;
 pub mod queue;
 pub mod settings;
 pub mod storage;
