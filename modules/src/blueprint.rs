@@ -220,6 +220,39 @@ impl DatasetSchema {
         }
     }
 
+    /// The schema of a stored dataset version as the compiler sees it, from each column's
+    /// name and the dataset library's type name (`text`, `category`, `number`,
+    /// `multi_label`, `file`). A text or category column that the blueprint names as a
+    /// tagging output holds BIO tags; a file column takes the modality of the input that
+    /// reads it. An unknown type name is kept as text, so the compiler names the column.
+    pub fn from_dataset<'a>(
+        columns: impl IntoIterator<Item = (&'a str, &'a str)>,
+        blueprint: &Blueprint,
+    ) -> Self {
+        Self::new(columns.into_iter().map(|(name, ty)| {
+            let tagging = blueprint
+                .outputs
+                .iter()
+                .any(|o| o.name == name && Task::parse(&o.task) == Some(Task::Tagging));
+            let ty = match ty {
+                _ if tagging => ColumnType::Tags,
+                "category" => ColumnType::Category,
+                "number" => ColumnType::Number,
+                "multi_label" => ColumnType::MultiLabel,
+                "file" => ColumnType::File {
+                    modality: blueprint
+                        .inputs
+                        .iter()
+                        .find(|i| i.name == name)
+                        .and_then(|i| Modality::parse(&i.modality))
+                        .unwrap_or(Modality::Image),
+                },
+                _ => ColumnType::Text,
+            };
+            (name.to_owned(), ty)
+        }))
+    }
+
     pub fn get(&self, name: &str) -> Option<&ColumnType> {
         self.columns.iter().find(|c| c.name == name).map(|c| &c.ty)
     }
