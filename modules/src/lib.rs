@@ -8,6 +8,7 @@ pub mod artifact;
 pub mod blueprint;
 pub mod catalog;
 pub mod encoder;
+pub mod estimate;
 pub mod evaluate;
 pub mod heads;
 pub mod lora;

@@ -11,6 +11,10 @@ pub enum Error {
     /// Input that does not parse; `field` names it so forms and clients can point at it.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
+    /// Several problems with one input at once (a blueprint the compiler refused); never
+    /// empty. The body names the first in `field`/`message` and lists all in `details`.
+    #[error("{} problems", .0.len())]
+    Invalid(Vec<FieldError>),
     /// Absent, or owned by another organization (which must look the same).
     #[error("not found")]
     NotFound,
@@ -41,6 +45,30 @@ impl Error {
         }
     }
 
+    /// Every problem of `errors` at once; a single one is a plain `Validation`.
+    pub fn invalid(mut errors: Vec<FieldError>) -> Self {
+        match errors.len() {
+            0 => Error::validation("", "The input is not valid."),
+            1 => {
+                let e = errors.remove(0);
+                Error::validation(e.field, e.message)
+            }
+            _ => Error::Invalid(errors),
+        }
+    }
+
+    /// The problems of a validation error, each with its field (empty for other errors).
+    pub fn field_errors(&self) -> Vec<FieldError> {
+        match self {
+            Error::Validation { field, message } => vec![FieldError {
+                field: field.clone(),
+                message: message.clone(),
+            }],
+            Error::Invalid(errors) => errors.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn conflict(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Conflict {
             field: Some(field.into()),
@@ -55,7 +83,7 @@ impl Error {
     /// Machine-readable code; stable, clients may match on it.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Validation { .. } => "validation",
+            Error::Validation { .. } | Error::Invalid(_) => "validation",
             Error::NotFound => "not_found",
             Error::Forbidden(_) => "forbidden",
             Error::Unauthorized => "unauthorized",
@@ -68,6 +96,7 @@ impl Error {
     pub fn field(&self) -> Option<&str> {
         match self {
             Error::Validation { field, .. } => Some(field),
+            Error::Invalid(errors) => errors.first().map(|e| e.field.as_str()),
             Error::Conflict { field, .. } => field.as_deref(),
             _ => None,
         }
@@ -77,6 +106,10 @@ impl Error {
     pub fn public_message(&self) -> String {
         match self {
             Error::Validation { message, .. } => message.clone(),
+            Error::Invalid(errors) => errors
+                .first()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
             Error::NotFound => "Not found.".into(),
             Error::Forbidden(message) => message.clone(),
             Error::Unauthorized => "Sign in first, or use a valid API token.".into(),
@@ -92,6 +125,10 @@ impl Error {
                 code: self.code(),
                 message: self.public_message(),
                 field: self.field().map(str::to_owned),
+                details: match self {
+                    Error::Invalid(errors) => errors.clone(),
+                    _ => Vec::new(),
+                },
             },
         }
     }
@@ -108,12 +145,22 @@ pub struct ErrorDetail {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Every problem, when there are several (`Invalid`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldError>,
+}
+
+/// One problem of an input, naming its field (`outputs[0].decoder.module`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
 }
 
 impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
         match self {
-            Error::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Validation { .. } | Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -173,6 +220,21 @@ mod tests {
                 "validation",
                 Some("email"),
             ),
+            (
+                Error::invalid(vec![
+                    FieldError {
+                        field: "outputs".into(),
+                        message: "No label.".into(),
+                    },
+                    FieldError {
+                        field: "inputs[0].name".into(),
+                        message: "No column.".into(),
+                    },
+                ]),
+                422,
+                "validation",
+                Some("outputs"),
+            ),
             (Error::NotFound, 404, "not_found", None),
             (Error::forbidden("Admins only."), 403, "forbidden", None),
             (Error::Unauthorized, 401, "unauthorized", None),
@@ -200,6 +262,32 @@ mod tests {
                 None => assert!(body["error"].get("field").is_none(), "{body}"),
             }
         }
+    }
+
+    #[actix_web::test]
+    async fn several_problems_are_all_listed_in_details() {
+        let (_, body) = render(Error::invalid(vec![
+            FieldError {
+                field: "a".into(),
+                message: "First.".into(),
+            },
+            FieldError {
+                field: "b".into(),
+                message: "Second.".into(),
+            },
+        ]))
+        .await;
+        assert_eq!(body["error"]["message"], "First.");
+        assert_eq!(body["error"]["details"][1]["field"], "b");
+        assert_eq!(body["error"]["details"][1]["message"], "Second.");
+        // One problem stays a plain validation error, without details.
+        let (_, body) = render(Error::invalid(vec![FieldError {
+            field: "a".into(),
+            message: "Only.".into(),
+        }]))
+        .await;
+        assert_eq!(body["error"]["field"], "a");
+        assert!(body["error"].get("details").is_none(), "{body}");
     }
 
     #[actix_web::test]

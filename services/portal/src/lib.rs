@@ -1,5 +1,6 @@
 //! The portal: HTML pages (tera) and the JSON API under `/api/v1`.
 
+pub mod assembly;
 pub mod auth;
 pub mod i18n;
 pub mod routes;
