@@ -12,6 +12,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod models;
+pub mod outbox;
 pub mod queue;
 pub mod settings;
 pub mod storage;

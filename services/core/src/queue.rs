@@ -23,7 +23,10 @@ use lapin::{
 };
 use secrecy::ExposeSecret;
 
-use crate::{jobs::TRAINING, settings::RabbitMqSettings};
+use crate::{
+    jobs::TRAINING,
+    settings::{JobSettings, RabbitMqSettings},
+};
 
 /// The names of the exchanges and queues of one deployment (or one test).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +56,15 @@ impl Topology {
     pub fn routing_key(&self) -> &'static str {
         TRAINING
     }
+}
+
+/// Deliveries of one message before the broker dead-letters it by itself. Every declarer
+/// (relay, workers, tests) must pass this same value to [`declare`]: RabbitMQ refuses to
+/// redeclare a queue with other arguments. Workers give up on a job after `max_attempts`
+/// claims on their own; the limit only catches messages that crash a worker before it
+/// could ack.
+pub fn delivery_limit(jobs: &JobSettings) -> u32 {
+    jobs.max_attempts.max(1) as u32
 }
 
 fn quorum_arguments(dead_exchange: Option<(&str, u32)>) -> FieldTable {

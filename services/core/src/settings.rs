@@ -88,6 +88,9 @@ pub struct JobSettings {
     pub reaper_seconds: u64,
     /// How often the relay looks for unpublished outbox rows (it is also woken by NOTIFY).
     pub relay_poll_millis: u64,
+    /// Whether the portal process runs the outbox relay (turn off where another process
+    /// relays, or in tests that drive the relay themselves).
+    pub relay_enabled: bool,
     /// Claims of one job before it is failed and sent to the dead-letter queue.
     pub max_attempts: i32,
     /// Checkpoint to the object store every this many training steps.
@@ -107,6 +110,7 @@ impl Default for JobSettings {
             heartbeat_seconds: 5,
             reaper_seconds: 5,
             relay_poll_millis: 500,
+            relay_enabled: true,
             max_attempts: 3,
             checkpoint_every: 20,
             worker_concurrency: 1,
