@@ -416,7 +416,9 @@ pub struct EarlyStopping {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingSettings {
-    /// `None`: scaled to the dataset by [`TrainingSettings::epochs_for`].
+    /// `None`: scaled to the dataset by [`TrainingSettings::epochs_for`]. `Some(0)`: no
+    /// optimizer steps at all — the heads keep their initial values and the run only
+    /// evaluates (the platform times its own overhead with such jobs).
     pub epochs: Option<usize>,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -1045,7 +1047,7 @@ impl Checker {
         let before = self.errors.len();
         let mut s = TrainingSettings::default();
         if let Some(e) = spec.epochs
-            && self.bounded("training.epochs", e as f64, 1.0, 200.0)
+            && self.bounded("training.epochs", e as f64, 0.0, 200.0)
         {
             s.epochs = Some(e as usize);
         }
@@ -1243,8 +1245,9 @@ pub fn settings() -> Vec<SettingSpec> {
             auto: true,
             ..int_setting(
                 "training.epochs",
-                "Passes over the training rows; unset: about 500 steps, 4 to 30 epochs.",
-                1,
+                "Passes over the training rows; unset: about 500 steps, 4 to 30 epochs; 0: no \
+                 training, the heads keep their initial values (evaluation only).",
+                0,
                 200,
                 10,
             )

@@ -219,6 +219,21 @@ fn a_parameter_out_of_bounds() {
 }
 
 #[test]
+fn zero_epochs_is_an_evaluation_only_run() {
+    let mut bp = good();
+    bp["training"]["epochs"] = 0.into();
+    let bp: Blueprint = serde_json::from_value(bp).unwrap();
+    let c = compile(&bp, &Catalog::builtin(), &schema()).unwrap();
+    assert_eq!(c.training.epochs, Some(0));
+    assert_eq!(c.training.epochs_for(500), 0);
+
+    let mut bp = good();
+    bp["training"]["epochs"] = (-1).into();
+    let e = only(bp);
+    assert_eq!(e.to_string(), "training.epochs: -1 is below the minimum 0");
+}
+
+#[test]
 fn a_bad_choice_and_an_unknown_parameter() {
     let mut bp = good();
     bp["inputs"][0]["encoder"]["pooling"] = "max".into();

@@ -159,6 +159,40 @@ fn texts() -> Vec<&'static str> {
 }
 
 #[test]
+fn a_zero_epoch_run_still_makes_a_version() {
+    let catalog = Catalog::builtin();
+    let dir = models_dir();
+    let factory =
+        |input: &_, lora: Option<&_>, seed| load_encoder(&catalog, &dir, input, lora, seed);
+    let mut bp = blueprint(8.0, 3);
+    bp.training.epochs = Some(0);
+    let Evaluation::Done { model, report } = train_and_evaluate(
+        &bp,
+        &clauses(),
+        None,
+        &factory,
+        EvaluateOptions::default(),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap() else {
+        panic!("not cancelled")
+    };
+    assert_eq!(
+        (report.tuned_run.steps, report.tuned_run.epochs_run),
+        (0, 0)
+    );
+    let files = files_of(&model, &report, &scratch("zero"));
+    for name in [
+        "adapter_model.safetensors",
+        "heads.safetensors",
+        "metrics.json",
+        "model_card.md",
+    ] {
+        assert!(files.contains_key(name), "the version has no {name}");
+    }
+}
+
+#[test]
 fn a_version_saves_loads_and_serves_merged_or_on_a_shared_base() {
     let base = models_dir();
     let (model, report) = trained(8.0, 3);

@@ -597,6 +597,68 @@ fn evaluation_compares_the_tuned_model_with_the_frozen_baseline() {
 }
 
 #[test]
+fn zero_epochs_takes_no_step_and_still_reports() {
+    let data = keyword_data(40, 1, false);
+    let bp = blueprint(serde_json::json!({ "training": { "epochs": 0 } }));
+    let untrained = Model::build(&bp, &data, &toy_factory, true).unwrap();
+    let mut events = 0;
+    let outcome = train(
+        &bp,
+        &data,
+        None,
+        &toy_factory,
+        TrainOptions::default(),
+        &mut |_| {
+            events += 1;
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    assert_eq!(events, 0, "no step, no epoch, no checkpoint");
+    assert_eq!(outcome.stop, StopReason::Completed);
+    assert_eq!((outcome.steps, outcome.best_epoch), (0, None));
+    assert!(outcome.history.is_empty());
+    assert_eq!(
+        params(&outcome.model),
+        params(&untrained),
+        "the heads and adapters keep their initial values"
+    );
+
+    let Evaluation::Done { model, report } = train_and_evaluate(
+        &bp,
+        &data,
+        None,
+        &toy_factory,
+        EvaluateOptions::default(),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap() else {
+        panic!("not cancelled")
+    };
+    assert!(report.adapted);
+    assert_eq!(
+        (report.tuned_run.epochs_run, report.tuned_run.steps),
+        (0, 0)
+    );
+    assert_eq!(
+        (report.baseline_run.epochs_run, report.baseline_run.steps),
+        (0, 0)
+    );
+    assert!(report.tuned_run.history.is_empty());
+    assert_eq!(report.test_rows, 8);
+    // The adapters start as a no-op (B = 0), so tuned and baseline are the same model.
+    assert_eq!(report.tuned, report.baseline);
+    assert_eq!(report.outputs[0].gain, 0.0);
+    assert!(report.tuned.get("accuracy").unwrap().is_finite());
+    assert!(
+        model
+            .trainable()
+            .iter()
+            .any(|(n, _, _)| n.contains("lora_B"))
+    );
+}
+
+#[test]
 fn tagging_learns_word_tags() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let tags: Vec<String> = ["O", "B-NAME", "I-NAME"].map(String::from).to_vec();
