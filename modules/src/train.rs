@@ -12,6 +12,8 @@
 //! - Every random choice comes from ChaCha streams derived from the seed and the position
 //!   (split, epoch order, step dropout), so the rng position is just (epoch, step): a
 //!   [`TrainState`] checkpoint resumes to exactly the run that was not interrupted.
+//! - A run on a frozen encoder (the baseline) encodes its rows once and trains the heads
+//!   on the cached vectors, so it can take many epochs cheaply.
 //! - A progress callback sees every step and epoch; it, or an `AtomicBool`, cancels the
 //!   run within one step.
 
@@ -31,7 +33,7 @@ use crate::blueprint::{
     ClassWeighting, CompiledBlueprint, CompiledInput, Fusion, HeadKind, LoraSettings,
 };
 use crate::catalog::Task;
-use crate::encoder::{Encoder, Prepared, RawColumn};
+use crate::encoder::{Encoded, Encoder, Prepared, RawColumn};
 use crate::heads::{HeadConfig, Heads, Prediction, Target, serialize_f32};
 use crate::metrics::{self, Metrics};
 use crate::schedule::Schedule;
@@ -263,12 +265,38 @@ impl Model {
         out
     }
 
-    fn forward(
-        &self,
-        rows: &[&Row],
-        mut rng: Option<&mut ChaCha8Rng>,
-    ) -> candle_core::Result<Forward> {
-        let train = rng.is_some();
+    /// True when every head reads the fused pooled vector (no token tagging), so that a
+    /// frozen encoder's output can be computed once per row and reused.
+    fn pooled_only(&self) -> bool {
+        self.heads
+            .heads
+            .iter()
+            .all(|h| h.config.kind != HeadKind::Token)
+    }
+
+    /// True when no encoder carries trainable tensors (the baseline): its outputs do not
+    /// change while the heads train.
+    fn frozen(&self) -> bool {
+        self.encoders.iter().all(|e| e.adapter_vars().is_empty())
+    }
+
+    /// The fused pooled vectors of `rows` in evaluation mode, `(rows, width)`.
+    fn pooled_features(&self, rows: &[Row], batch_size: usize) -> candle_core::Result<Tensor> {
+        let mut parts = Vec::new();
+        for chunk in rows.chunks(batch_size.max(1)) {
+            let refs: Vec<&Row> = chunk.iter().collect();
+            parts.push(self.fuse(&refs, false)?.0);
+        }
+        if parts.is_empty() {
+            // No rows: nothing will be looked up.
+            return Tensor::zeros((0, 1), candle_core::DType::F32, &Device::Cpu);
+        }
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Runs the encoders and fuses their pooled vectors; also returns the first input's
+    /// encoding and preparation (token states and word ids for tagging).
+    fn fuse(&self, rows: &[&Row], train: bool) -> candle_core::Result<(Tensor, Encoded, Prepared)> {
         let mut pooled = Vec::new();
         let mut first = None;
         for (i, enc) in self.encoders.iter().enumerate() {
@@ -295,6 +323,30 @@ impl Model {
             Fusion::Concat => Tensor::cat(&pooled, 1)?,
             Fusion::Mean => Tensor::stack(&pooled, 0)?.mean(0)?,
         };
+        Ok((fused, first, prepared))
+    }
+
+    /// The heads' outputs for `rows`; `features` are their fused pooled vectors when
+    /// already computed (a frozen encoder, pooled heads only), else the encoders run.
+    fn forward(
+        &self,
+        rows: &[&Row],
+        mut rng: Option<&mut ChaCha8Rng>,
+        features: Option<Tensor>,
+    ) -> candle_core::Result<Forward> {
+        if let Some(fused) = features {
+            let outs = self
+                .heads
+                .heads
+                .iter()
+                .map(|head| head.forward(&fused, rng.as_deref_mut()))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return Ok(Forward {
+                outs,
+                word_ids: None,
+            });
+        }
+        let (fused, first, prepared) = self.fuse(rows, rng.is_some())?;
         let mut outs = Vec::new();
         for head in &self.heads.heads {
             let xs = if head.config.kind == HeadKind::Token {
@@ -382,23 +434,29 @@ impl Model {
 
     /// The summed loss of all outputs on a batch; `rng` turns training mode (dropout) on.
     pub fn loss(&self, rows: &[&Row], rng: Option<&mut ChaCha8Rng>) -> candle_core::Result<Tensor> {
-        let f = self.forward(rows, rng)?;
+        let f = self.forward(rows, rng, None)?;
         self.summed_loss(rows, &f)
     }
 
     /// Predictions (indexed `[output][row]`) and, when `with_loss`, the mean loss, from
-    /// one evaluation-mode pass.
+    /// one evaluation-mode pass. `features`: the rows' fused pooled vectors when already
+    /// computed.
     fn run_eval(
         &self,
         rows: &[Row],
         batch_size: usize,
         with_loss: bool,
+        features: Option<&Tensor>,
     ) -> candle_core::Result<(Vec<Vec<Prediction>>, f64)> {
         let mut out = vec![Vec::with_capacity(rows.len()); self.heads.heads.len()];
         let mut loss_sum = 0.0;
-        for chunk in rows.chunks(batch_size.max(1)) {
+        let batch_size = batch_size.max(1);
+        for (c, chunk) in rows.chunks(batch_size).enumerate() {
             let refs: Vec<&Row> = chunk.iter().collect();
-            let f = self.forward(&refs, None)?;
+            let cached = features
+                .map(|f| f.narrow(0, c * batch_size, chunk.len()))
+                .transpose()?;
+            let f = self.forward(&refs, None, cached)?;
             if with_loss {
                 loss_sum +=
                     self.summed_loss(&refs, &f)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
@@ -430,7 +488,7 @@ impl Model {
         rows: &[Row],
         batch_size: usize,
     ) -> candle_core::Result<Vec<Vec<Prediction>>> {
-        Ok(self.run_eval(rows, batch_size, false)?.0)
+        Ok(self.run_eval(rows, batch_size, false, None)?.0)
     }
 
     /// Metrics of every output on `data` and its mean loss, from one pass.
@@ -439,7 +497,16 @@ impl Model {
         data: &Examples,
         batch_size: usize,
     ) -> candle_core::Result<(Vec<Metrics>, f64)> {
-        let (preds, loss) = self.run_eval(&data.rows, batch_size, true)?;
+        self.score_with_loss_cached(data, batch_size, None)
+    }
+
+    fn score_with_loss_cached(
+        &self,
+        data: &Examples,
+        batch_size: usize,
+        features: Option<&Tensor>,
+    ) -> candle_core::Result<(Vec<Metrics>, f64)> {
+        let (preds, loss) = self.run_eval(&data.rows, batch_size, true, features)?;
         let metrics = self
             .heads
             .heads
@@ -1000,7 +1067,9 @@ fn restore(params: &[(String, Var, Group)], saved: &[(String, Tensor)]) -> anyho
 }
 
 /// Trains `blueprint` on `data`. Validation rows come from `validation`, or are carved
-/// from `data` (stratified, `validation_split`) when it is `None`.
+/// from `data` (stratified, `validation_split`) when it is `None`. With `epochs: 0` no
+/// step is taken and no event is sent: the model keeps its initial (or `init`) values and
+/// the history is empty.
 pub fn train(
     blueprint: &CompiledBlueprint,
     data: &Examples,
@@ -1093,6 +1162,19 @@ pub fn train(
         flow.is_break() || options.cancel.is_some_and(|c| c.load(Ordering::SeqCst))
     };
 
+    // A frozen encoder (the baseline) gives every row the same vector in every epoch:
+    // encode the training and validation rows once and train the heads on those vectors
+    // (evaluation mode, as a linear probe does), instead of re-running the encoder every
+    // step. Tagging heads read token states and keep the full forward.
+    let cache = if epochs > 0 && model.frozen() && model.pooled_only() {
+        Some((
+            model.pooled_features(&train_data.rows, batch)?,
+            model.pooled_features(&val_data.rows, batch)?,
+        ))
+    } else {
+        None
+    };
+
     let mut stop = StopReason::Completed;
     'epochs: while st.epoch < epochs {
         let mut order: Vec<usize> = (0..n).collect();
@@ -1114,7 +1196,19 @@ pub fn train(
             for enc in &model.encoders {
                 enc.reseed(step_seed(seed, st.step));
             }
-            let loss = model.loss(&rows, Some(&mut rng))?;
+            let features = match &cache {
+                Some((train_features, _)) => {
+                    let idx: Vec<u32> = batches[st.batch_in_epoch]
+                        .iter()
+                        .map(|&i| i as u32)
+                        .collect();
+                    let idx = Tensor::new(idx.as_slice(), &Device::Cpu)?;
+                    Some(train_features.index_select(&idx, 0)?)
+                }
+                None => None,
+            };
+            let f = model.forward(&rows, Some(&mut rng), features)?;
+            let loss = model.summed_loss(&rows, &f)?;
             let mut grads = loss.backward()?;
             let grad_norm = clip_grad_norm(&mut grads, &vars, settings.max_grad_norm)?;
             let factor = schedule.factor(st.step);
@@ -1155,7 +1249,8 @@ pub fn train(
 
         // End of the epoch: validate, keep the best weights, maybe stop.
         let train_loss = st.epoch_loss_sum / batches.len() as f64;
-        let (scores, validation_loss) = model.score_with_loss(&val_data, batch)?;
+        let (scores, validation_loss) =
+            model.score_with_loss_cached(&val_data, batch, cache.as_ref().map(|c| &c.1))?;
         let value = if metric == "loss" {
             validation_loss
         } else {
