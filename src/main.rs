@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(settings).await,
         Command::Gateway => gateway(settings).await,
-        Command::Worker => worker().await,
+        Command::Worker => worker(settings).await,
         Command::Migrate => db::migrate(&settings.database).await,
         Command::Demo => {
             db::migrate(&settings.database).await?;
@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::select! {
                 r = serve(settings.clone()) => { tracing::error!(?r, "portal stopped"); r }
                 r = gateway(settings.clone()) => { tracing::error!(?r, "gateway stopped"); r }
-                r = worker() => { tracing::info!(?r, "worker stopped"); r }
+                r = worker(settings) => { tracing::info!(?r, "worker stopped"); r }
             }
         }
         Command::Train { .. } => unreachable!("handled above"),
@@ -108,15 +108,8 @@ async fn gateway(settings: Settings) -> anyhow::Result<()> {
     app.run_until_stopped().await.context("gateway server")
 }
 
-/// Placeholder until the training worker lands: waits for SIGTERM or Ctrl-C.
-async fn worker() -> anyhow::Result<()> {
-    tracing::info!("no worker yet; waiting for SIGTERM");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
-    }
-    Ok(())
+async fn worker(settings: Settings) -> anyhow::Result<()> {
+    tailor_workers::run(settings).await
 }
 
 async fn make_demo(settings: &Settings) -> anyhow::Result<()> {

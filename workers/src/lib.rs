@@ -1,1 +1,414 @@
-//! Placeholder until its issue lands.
+//! The training worker: a RabbitMQ consumer that runs training jobs (DESIGN.md §3 "Job
+//! lifecycle"). Postgres is the truth about a job; a message only wakes a worker.
+//!
+//! For each delivery the worker claims the job in Postgres (lease + fencing token), acks
+//! once the claim is committed, heartbeats the lease while it trains on a blocking thread,
+//! writes progress events and checkpoints, and publishes the model version (files, then
+//! `manifest.json`, then the version row, all fenced). A reaper in every worker re-queues
+//! jobs whose lease expired and offers again jobs that waited on their organization's
+//! quota.
+//!
+//! Choices worth knowing:
+//! - **Organization quota**: a job whose organization already runs
+//!   `jobs.org_concurrency` jobs is not claimed; its delivery is acked and the job stays
+//!   queued, marked deferred, and the reaper offers it again after `jobs.reaper_seconds`.
+//!   (A nack with requeue would spin between workers and, on a quorum queue, count
+//!   against the delivery limit and so end in the dead-letter queue.)
+//! - **Concurrency**: prefetch is `jobs.worker_concurrency`, and as many jobs train at
+//!   once. A delivery that arrives while every slot is busy waits, unacked, for a slot.
+//! - **Poison jobs**: a failed attempt puts the job back to `queued` with its error and a
+//!   new message; the delivery after the last attempt fails the job ("gave up after N
+//!   attempts: …") and is rejected without requeue, into the dead-letter queue. A worker
+//!   killed mid-job leaves a lease that expires; the reaper re-queues the job and the next
+//!   attempt resumes from its newest checkpoint.
+//! - **Shutdown** (SIGTERM / Ctrl-C): stop consuming; let running jobs finish for up to
+//!   [`Worker::with_grace`] (default [`DEFAULT_GRACE`]); then stop them at the next step,
+//!   keep their exact state as a checkpoint and give them back (`queued`, the attempt not
+//!   counted, a new message).
+//! - **Broker outages**: the connection is re-opened with backoff, the topology
+//!   redeclared and the consumer restarted; training in progress goes on meanwhile.
+
+mod job;
+pub mod progress;
+pub mod training;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use sqlx::PgPool;
+use tailor_core::jobs::{self, ClaimOutcome, ClaimRequest, JobMessage, ReapPolicy};
+use tailor_core::storage::{self, Store};
+use tailor_core::{Settings, db, queue};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::progress::{Control, StopCause};
+
+/// How long running jobs may go on after a shutdown signal before they are given back.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(20);
+
+/// Runs a worker until SIGTERM or Ctrl-C (what `tailor worker` does).
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    Worker::build(settings)?.run_until_stopped().await
+}
+
+pub(crate) struct Shared {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub store: Store,
+    /// This worker's name in `lease_owner` and consumer tags.
+    pub name: String,
+    /// Running jobs and their stop switches.
+    running: Mutex<HashMap<Uuid, Arc<Control>>>,
+}
+
+/// A training worker.
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<Shared>,
+    grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Until a shutdown signal.
+    Forever,
+    /// Until the queue is empty and no job runs (tests: "drain, then exit").
+    UntilIdle,
+}
+
+impl Worker {
+    pub fn build(settings: Settings) -> anyhow::Result<Worker> {
+        let pool = db::pool(&settings.database)?;
+        let store = storage::build(&settings.object_store)?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "worker".into());
+        let name = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                settings,
+                pool,
+                store,
+                name,
+                running: Mutex::new(HashMap::new()),
+            }),
+            grace: DEFAULT_GRACE,
+        })
+    }
+
+    /// How long running jobs may go on after a shutdown signal before they are released.
+    pub fn with_grace(mut self, grace: Duration) -> Worker {
+        self.grace = grace;
+        self
+    }
+
+    /// This worker's name (its jobs' `lease_owner`).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down as the module documentation says.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let signal = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received: stopping the worker"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received: stopping the worker"),
+            }
+        };
+        self.run_until(signal).await
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        self.consume(Mode::Forever, shutdown).await
+    }
+
+    /// Consumes until the queue is empty and no job runs, then returns (tests).
+    pub async fn run_until_idle(self) -> anyhow::Result<()> {
+        self.consume(Mode::UntilIdle, std::future::pending()).await
+    }
+
+    /// One pass of the reaper (every worker runs it every `jobs.reaper_seconds`).
+    pub async fn reap_once(&self) -> anyhow::Result<jobs::Reaped> {
+        reap_once(&self.shared).await
+    }
+
+    async fn consume(self, mode: Mode, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        let slots = Arc::new(Semaphore::new(settings.jobs.worker_concurrency.max(1)));
+        let topology = queue::Topology::new(&settings.rabbitmq);
+        let reaper = tokio::spawn(reaper(shared.clone()));
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        tokio::pin!(shutdown);
+        let mut stopping = false;
+        'connect: while !stopping {
+            let connection = tokio::select! {
+                c = queue::connect_with_retry(&settings.rabbitmq) => c,
+                _ = &mut shutdown => break 'connect,
+            };
+            let consumer = async {
+                let channel = connection.create_channel().await?;
+                channel
+                    .basic_qos(
+                        settings.jobs.worker_concurrency.clamp(1, u16::MAX as usize) as u16,
+                        BasicQosOptions::default(),
+                    )
+                    .await?;
+                queue::declare(&channel, &topology, delivery_limit(settings)).await?;
+                let consumer = channel
+                    .basic_consume(
+                        &topology.queue,
+                        &shared.name,
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                anyhow::Ok((channel, consumer))
+            }
+            .await;
+            let (channel, mut consumer) = match consumer {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "starting the consumer; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue 'connect;
+                }
+            };
+            tracing::info!(queue = %topology.queue, worker = %shared.name, "consuming");
+            let mut idle = tokio::time::interval(Duration::from_millis(500));
+            let mut quiet_ticks = 0;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => {
+                        stopping = true;
+                        let _ = channel
+                            .basic_cancel(&shared.name, BasicCancelOptions::default())
+                            .await;
+                        break;
+                    }
+                    delivery = consumer.next() => match delivery {
+                        Some(Ok(delivery)) => {
+                            quiet_ticks = 0;
+                            tasks.spawn(handle(shared.clone(), slots.clone(), delivery));
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "the broker connection failed; reconnecting");
+                            continue 'connect;
+                        }
+                        None => {
+                            tracing::warn!("the consumer was cancelled by the broker; reconnecting");
+                            continue 'connect;
+                        }
+                    },
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                        if let Err(e) = done {
+                            tracing::error!(error = %e, "a job task panicked");
+                        }
+                    }
+                    _ = idle.tick(), if mode == Mode::UntilIdle => {
+                        if tasks.is_empty() {
+                            quiet_ticks += 1;
+                        } else {
+                            quiet_ticks = 0;
+                        }
+                        if quiet_ticks >= 2 && queue_is_empty(&channel, &topology.queue).await {
+                            // Frames arrive in order: a delivery sent before the answer
+                            // is already buffered.
+                            if let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                                quiet_ticks = 0;
+                                tasks.spawn(handle(shared.clone(), slots.clone(), delivery));
+                                continue;
+                            }
+                            stopping = true;
+                            let _ = channel
+                                .basic_cancel(&shared.name, BasicCancelOptions::default())
+                                .await;
+                            break;
+                        }
+                    }
+                }
+            }
+            // Deliveries not yet handed to a task go back to the queue with the channel.
+            self.drain_tasks(&mut tasks).await;
+            let _ = channel.close(200, "worker stopping").await;
+            let _ = connection.close(200, "worker stopping").await;
+        }
+        self.drain_tasks(&mut tasks).await;
+        reaper.abort();
+        Ok(())
+    }
+
+    /// Waits for running jobs up to the grace period, then releases the rest.
+    async fn drain_tasks(&self, tasks: &mut JoinSet<()>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let waited = tokio::time::timeout(self.grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if waited.is_err() {
+            let running: Vec<Arc<Control>> = self
+                .shared
+                .running
+                .lock()
+                .expect("running jobs")
+                .values()
+                .cloned()
+                .collect();
+            tracing::info!(
+                jobs = running.len(),
+                "grace period over: releasing running jobs"
+            );
+            for control in running {
+                control.stop(StopCause::Shutdown);
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// Deliveries of one message before the broker dead-letters it by itself (every declarer
+/// must pass the same limit). The worker gives up on a job after `max_attempts` claims by
+/// itself; this only catches messages that make a worker crash before it could ack.
+fn delivery_limit(settings: &Settings) -> u32 {
+    settings.jobs.max_attempts.max(1) as u32
+}
+
+async fn queue_is_empty(channel: &lapin::Channel, queue: &str) -> bool {
+    match channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(q) => q.message_count() == 0,
+        Err(_) => false,
+    }
+}
+
+/// One delivery: claim, ack, train.
+async fn handle(shared: Arc<Shared>, slots: Arc<Semaphore>, delivery: lapin::message::Delivery) {
+    let message: JobMessage = match serde_json::from_slice(&delivery.data) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "a message that is not a job: dead-lettered");
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+    };
+    let Ok(permit) = slots.acquire_owned().await else {
+        return;
+    };
+    let settings = &shared.settings;
+    let request = ClaimRequest {
+        job_id: message.job_id,
+        owner: &shared.name,
+        lease_seconds: settings.jobs.lease_seconds,
+        org_concurrency: settings.jobs.org_concurrency,
+    };
+    let outcome = match jobs::claim(&shared.pool, &request).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::warn!(job_id = %message.job_id, error = %e, "claiming a job; the message goes back");
+            drop(permit);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+            return;
+        }
+    };
+    let ack = || async {
+        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+            // The claim is committed: a redelivery finds the job held and is dropped.
+            tracing::warn!(job_id = %message.job_id, error = %e, "acking a delivery");
+        }
+    };
+    match outcome {
+        ClaimOutcome::Claimed(claim) => {
+            ack().await;
+            let job_id = claim.fence.job_id;
+            let control = Arc::new(Control::default());
+            shared
+                .running
+                .lock()
+                .expect("running jobs")
+                .insert(job_id, control.clone());
+            job::run(shared.clone(), *claim, control).await;
+            shared.running.lock().expect("running jobs").remove(&job_id);
+        }
+        ClaimOutcome::Duplicate { reason } => {
+            tracing::debug!(job_id = %message.job_id, %reason, "duplicate message dropped");
+            ack().await;
+        }
+        ClaimOutcome::Deferred { running, limit } => {
+            tracing::info!(job_id = %message.job_id, running, limit, "organization quota full: job deferred");
+            ack().await;
+        }
+        ClaimOutcome::Cancelled => {
+            tracing::info!(job_id = %message.job_id, "cancelled before it ran");
+            ack().await;
+        }
+        ClaimOutcome::GaveUp { reason } => {
+            tracing::warn!(job_id = %message.job_id, %reason, "job failed: message dead-lettered");
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    }
+    drop(permit);
+}
+
+fn reap_policy(settings: &Settings) -> ReapPolicy {
+    ReapPolicy {
+        deferred_after_seconds: settings.jobs.reaper_seconds,
+        stale_after_seconds: (settings.jobs.lease_seconds * 10).max(60),
+        limit: 100,
+    }
+}
+
+async fn reap_once(shared: &Shared) -> anyhow::Result<jobs::Reaped> {
+    let reaped = jobs::reap(&shared.pool, reap_policy(&shared.settings))
+        .await
+        .context("reaping expired leases")?;
+    if !reaped.expired.is_empty() || !reaped.reoffered.is_empty() {
+        tracing::info!(expired = ?reaped.expired, reoffered = ?reaped.reoffered, "reaper");
+    }
+    Ok(reaped)
+}
+
+async fn reaper(shared: Arc<Shared>) {
+    let every = Duration::from_secs(shared.settings.jobs.reaper_seconds.max(1));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Err(e) = reap_once(&shared).await {
+            tracing::warn!(error = %format!("{e:#}"), "reaper");
+        }
+    }
+}
