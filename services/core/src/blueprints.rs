@@ -253,6 +253,75 @@ pub async fn version_choices(pool: &PgPool, org: OrgId) -> sqlx::Result<Vec<Vers
     .await
 }
 
+/// The name of the demo blueprint (also the model its jobs publish into).
+pub const DEMO_BLUEPRINT: &str = "Drug review sentiment";
+
+/// The demo blueprint for a dataset whose label column is `label`: review text through
+/// MiniLM with LoRA, small enough to train in a few minutes on two cores (64 tokens, 2
+/// epochs).
+pub fn demo_spec(label: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": DEMO_BLUEPRINT,
+        "description": "How a patient felt about a drug, from the text of their review.",
+        "inputs": [{ "name": "review", "modality": "text",
+                     "encoder": { "module": "text/minilm-l6", "max_tokens": 64, "pooling": "mean" } }],
+        "fusion": { "kind": "concat" },
+        "outputs": [{ "name": label, "task": "classification",
+                      "decoder": { "module": "head/linear" } }],
+        "adaptation": { "method": "lora", "rank": 8, "alpha": 16, "dropout": 0.05,
+                        "targets": ["query", "value"] },
+        "training": { "epochs": 2, "batch_size": 16, "learning_rate": 1e-3,
+                      "head_learning_rate": 1e-2, "seed": 7, "validation_split": 0.2,
+                      "early_stopping": { "metric": "macro_f1", "patience": 3 } }
+    })
+}
+
+/// Gives the demo organization the demo blueprint for its "Drug reviews" dataset unless it
+/// has a blueprint of that name. The label is `rating` when the dataset holds it as
+/// categories (the drug reviews from the assets), else `condition` (the built-in sample,
+/// whose ratings are numbers).
+#[tracing::instrument(skip(pool))]
+pub async fn ensure_demo_blueprint(pool: &PgPool, org: OrgId, user: Uuid) -> Result<(), Error> {
+    if find_by_name(pool, org, DEMO_BLUEPRINT).await?.is_some() {
+        return Ok(());
+    }
+    let latest: Option<(Uuid, Json<tailor_datasets::Schema>)> = sqlx::query_as(
+        "SELECT d.id, v.schema FROM datasets d
+         JOIN dataset_versions v ON v.dataset_id = d.id AND v.org_id = d.org_id
+         WHERE d.org_id = $1 AND d.name = 'Drug reviews'
+         ORDER BY v.version DESC LIMIT 1",
+    )
+    .bind(org)
+    .fetch_optional(pool)
+    .await?;
+    let Some((dataset_id, schema)) = latest else {
+        return Ok(());
+    };
+    let rating_is_category = schema
+        .0
+        .column("rating")
+        .is_some_and(|c| c.column_type == tailor_datasets::ColumnType::Category);
+    let label = if rating_is_category {
+        "rating"
+    } else {
+        "condition"
+    };
+    sqlx::query(
+        "INSERT INTO blueprints (id, org_id, name, dataset_id, spec, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id, name) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(org)
+    .bind(DEMO_BLUEPRINT)
+    .bind(dataset_id)
+    .bind(Json(demo_spec(label)))
+    .bind(user)
+    .execute(pool)
+    .await?;
+    tracing::info!(label, "demo blueprint ready");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,7 +57,8 @@ pub async fn ensure_demo(pool: &PgPool) -> Result<Demo, Error> {
     })
 }
 
-/// [`ensure_demo`], plus a demo dataset ("Drug reviews") in the demo organization: what
+/// [`ensure_demo`], plus a demo dataset ("Drug reviews") and a blueprint for it (see
+/// [`crate::blueprints::ensure_demo_blueprint`]) in the demo organization: what
 /// `tailor demo` and `tailor up --demo` prepare.
 #[tracing::instrument(skip_all)]
 pub async fn ensure_demo_with_dataset(
@@ -78,5 +79,6 @@ pub async fn ensure_demo_with_dataset(
         crate::datasets::UploadError::Other(e) => e,
         other => Error::Unexpected(anyhow::anyhow!("the demo dataset was refused: {other}")),
     })?;
+    crate::blueprints::ensure_demo_blueprint(pool, demo.org_id, demo.user_id).await?;
     Ok(demo)
 }

@@ -137,14 +137,47 @@ pub fn assess(blueprint: &Blueprint, version: Option<&DatasetVersion>) -> Assess
         (Some(c), Some(v)) if errors.is_empty() => Some(estimate(c, &data_shape(v, c))),
         _ => None,
     };
-    let value = serde_json::to_value(blueprint).unwrap_or(Value::Null);
     Assessment {
-        yaml: serde_yaml::to_string(blueprint).unwrap_or_default(),
-        blueprint: value,
+        yaml: to_yaml(blueprint),
+        blueprint: to_json(blueprint),
         compiled,
         estimate,
         errors,
     }
+}
+
+/// The blueprint as JSON without the settings left unset (`null`), which mean "default".
+pub fn to_json(blueprint: &Blueprint) -> Value {
+    fn clean(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.retain(|_, v| !v.is_null());
+                map.values_mut().for_each(clean);
+            }
+            Value::Array(items) => items.iter_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(blueprint).unwrap_or(Value::Null);
+    clean(&mut value);
+    value
+}
+
+/// The blueprint as YAML, in the order of its fields, without unset settings.
+pub fn to_yaml(blueprint: &Blueprint) -> String {
+    fn clean(v: &mut serde_yaml::Value) {
+        match v {
+            serde_yaml::Value::Mapping(map) => {
+                map.retain(|_, v| !v.is_null());
+                map.values_mut().for_each(clean);
+            }
+            serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    let mut value = serde_yaml::to_value(blueprint).unwrap_or(serde_yaml::Value::Null);
+    clean(&mut value);
+    serde_yaml::to_string(&value).unwrap_or_default()
 }
 
 /// The columns of a stored version as the compiler sees them.
@@ -374,9 +407,82 @@ pub fn data_shape(version: &DatasetVersion, compiled: &CompiledBlueprint) -> Dat
     shape
 }
 
+/// A ready-made starting point the assembly page offers: a blueprint whose column names
+/// are placeholders the user maps to the columns of their dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preset {
+    /// Also the key of its title and description in the catalogs
+    /// (`blueprints.preset.{id}`, `blueprints.preset.{id}.hint`).
+    pub id: String,
+    pub blueprint: Value,
+}
+
+/// Legal document classification, clause extraction and medical note triage.
+pub fn presets() -> Vec<Preset> {
+    let lora = serde_json::json!({
+        "method": "lora", "rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "value"]
+    });
+    vec![
+        Preset {
+            id: "legal_document_classification".into(),
+            blueprint: serde_json::json!({
+                "name": "legal-document-type",
+                "description": "Sorts legal documents (contracts, letters, filings) into your categories.",
+                "inputs": [{ "name": "text", "modality": "text",
+                             "encoder": { "module": "text/minilm-l6", "max_tokens": 256, "pooling": "mean" } }],
+                "fusion": { "kind": "concat" },
+                "outputs": [{ "name": "label", "task": "classification",
+                              "decoder": { "module": "head/linear" } }],
+                "adaptation": lora,
+                "training": { "batch_size": 16, "validation_split": 0.2,
+                              "early_stopping": { "metric": "macro_f1", "patience": 3 } }
+            }),
+        },
+        Preset {
+            id: "clause_extraction".into(),
+            blueprint: serde_json::json!({
+                "name": "clause-extraction",
+                "description": "Marks clause spans in contract text, one BIO tag per word (B-TERM, I-TERM, O).",
+                "inputs": [{ "name": "text", "modality": "text",
+                             "encoder": { "module": "text/minilm-l6", "max_tokens": 256, "pooling": "mean" } }],
+                "fusion": { "kind": "concat" },
+                "outputs": [{ "name": "tags", "task": "tagging",
+                              "decoder": { "module": "head/token" } }],
+                "adaptation": lora,
+                "training": { "batch_size": 16, "validation_split": 0.2,
+                              "early_stopping": { "metric": "entity_f1", "patience": 3 } }
+            }),
+        },
+        Preset {
+            id: "medical_note_triage".into(),
+            blueprint: serde_json::json!({
+                "name": "medical-note-triage",
+                "description": "Sorts clinical notes by urgency; rare urgent classes are weighed up.",
+                "inputs": [{ "name": "note", "modality": "text",
+                             "encoder": { "module": "text/minilm-l6", "max_tokens": 256, "pooling": "mean" } }],
+                "fusion": { "kind": "concat" },
+                "outputs": [{ "name": "urgency", "task": "classification",
+                              "decoder": { "module": "head/mlp", "hidden": 128, "dropout": 0.1 } }],
+                "adaptation": lora,
+                "training": { "batch_size": 16, "validation_split": 0.2, "class_weights": "balanced",
+                              "early_stopping": { "metric": "macro_f1", "patience": 3 } }
+            }),
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presets_compile_against_columns_that_fit_them() {
+        for preset in presets() {
+            let bp = parse_spec(&preset.blueprint).unwrap();
+            let a = assess(&bp, None);
+            assert!(a.errors.is_empty(), "{}: {:?}", preset.id, a.errors);
+        }
+    }
 
     #[test]
     fn compiler_messages_become_sentences() {

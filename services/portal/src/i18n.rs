@@ -130,6 +130,14 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "dataset.html",
         include_str!("../../../templates/dataset.html"),
     ),
+    (
+        "blueprints.html",
+        include_str!("../../../templates/blueprints.html"),
+    ),
+    (
+        "blueprint.html",
+        include_str!("../../../templates/blueprint.html"),
+    ),
 ];
 
 pub struct Templates {

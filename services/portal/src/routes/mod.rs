@@ -1,6 +1,7 @@
 //! Routes, one file per resource. Handlers parse input, call `tailor_core`, and answer.
 
 pub mod assets;
+pub mod blueprints;
 pub mod datasets;
 pub mod health;
 pub mod invitations;
@@ -26,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(invitations::configure_api)
                 .configure(tokens::configure_api)
                 .configure(datasets::configure_api)
+                .configure(blueprints::configure_api)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(Error::NotFound)
                 })),
@@ -34,7 +36,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(orgs::configure_pages)
         .configure(members::configure_pages)
         .configure(invitations::configure_pages)
-        .configure(datasets::configure_pages);
+        .configure(datasets::configure_pages)
+        .configure(blueprints::configure_pages);
 }
 
 /// Malformed JSON bodies answer with our error shape, naming the problem generically.
