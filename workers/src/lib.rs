@@ -171,7 +171,7 @@ impl Worker {
                         BasicQosOptions::default(),
                     )
                     .await?;
-                queue::declare(&channel, &topology, delivery_limit(settings)).await?;
+                queue::declare(&channel, &topology, queue::delivery_limit(&settings.jobs)).await?;
                 let consumer = channel
                     .basic_consume(
                         &topology.queue,
@@ -284,13 +284,6 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         }
     }
-}
-
-/// Deliveries of one message before the broker dead-letters it by itself (every declarer
-/// must pass the same limit). The worker gives up on a job after `max_attempts` claims by
-/// itself; this only catches messages that make a worker crash before it could ack.
-fn delivery_limit(settings: &Settings) -> u32 {
-    settings.jobs.max_attempts.max(1) as u32
 }
 
 async fn queue_is_empty(channel: &lapin::Channel, queue: &str) -> bool {
