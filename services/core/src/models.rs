@@ -320,9 +320,16 @@ fn key(version: &ModelVersion, file: &str) -> Path {
     ))
 }
 
-/// Why a version's files cannot be served.
+/// Why a version's files cannot be served: the detail goes to the log, the user reads
+/// that the files are damaged.
 fn damaged(message: String) -> Error {
-    Error::Unexpected(anyhow::anyhow!("model version files damaged: {message}"))
+    tracing::error!(detail = %message, "model version files do not match their manifest");
+    Error::Conflict {
+        field: None,
+        message: "The files of this model version do not match its manifest (damaged or \
+                  changed in the object store), so they are not served."
+            .into(),
+    }
 }
 
 /// Reads and checks `manifest.json`: its own hash against the version row, its format tag,

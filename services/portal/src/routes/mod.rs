@@ -5,7 +5,9 @@ pub mod blueprints;
 pub mod datasets;
 pub mod health;
 pub mod invitations;
+pub mod jobs;
 pub mod members;
+pub mod models;
 pub mod orgs;
 pub mod session;
 pub mod tokens;
@@ -28,6 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(tokens::configure_api)
                 .configure(datasets::configure_api)
                 .configure(blueprints::configure_api)
+                .configure(jobs::configure_api)
+                .configure(models::configure_api)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(Error::NotFound)
                 })),
@@ -37,7 +41,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(members::configure_pages)
         .configure(invitations::configure_pages)
         .configure(datasets::configure_pages)
-        .configure(blueprints::configure_pages);
+        .configure(blueprints::configure_pages)
+        .configure(jobs::configure_pages)
+        .configure(models::configure_pages);
 }
 
 /// Malformed JSON bodies answer with our error shape, naming the problem generically.
