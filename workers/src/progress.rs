@@ -156,6 +156,9 @@ impl Reporter {
         }
         match event {
             Event::Step(s) => {
+                // The first step of each run is always written (an attempt that resumed
+                // shows where it started).
+                let new_run = self.phase != Some(s.phase);
                 self.phase = Some(s.phase);
                 self.last_step = (s.step, s.total_steps);
                 let progress = self.progress(s.phase, s.epoch, s.step, s.total_steps, s.loss);
@@ -165,9 +168,10 @@ impl Reporter {
                     "elapsed_seconds": progress["elapsed_seconds"],
                     "eta_seconds": progress["eta_seconds"],
                 });
-                let due = self
-                    .last_step_event
-                    .is_none_or(|at| at.elapsed() >= STEP_EVENT_EVERY);
+                let due = new_run
+                    || self
+                        .last_step_event
+                        .is_none_or(|at| at.elapsed() >= STEP_EVENT_EVERY);
                 let lease = if due {
                     self.last_step_event = Some(Instant::now());
                     self.unreported_step = None;
