@@ -294,16 +294,29 @@ pub async fn run_relay(pool: PgPool, settings: Arc<Settings>, shutdown: impl Fut
     let mut listener = listen(&pool).await;
     let mut publisher: Option<Publisher> = None;
     let mut backoff = Backoff::default();
+    let mut db_backoff = Backoff::default();
     tracing::info!(exchange = topology.exchange, "outbox relay started");
 
     'relay: loop {
         // Connect only when something waits, so that a portal without jobs leaves the
         // broker alone.
         let work = match has_pending(&pool).await {
-            Ok(work) => work,
+            Ok(work) => {
+                db_backoff.reset();
+                work
+            }
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "relay cannot read the outbox");
-                false
+                // Postgres is away: wait longer each time rather than log every poll.
+                let wait = db_backoff.next_delay().max(poll);
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "relay cannot read the outbox"
+                );
+                tokio::select! {
+                    _ = &mut shutdown => break 'relay,
+                    _ = tokio::time::sleep(wait) => continue 'relay,
+                }
             }
         };
         if work {

@@ -4,13 +4,16 @@ use std::{net::TcpListener, sync::Arc};
 
 use actix_web::{App, HttpServer, dev::Server, web};
 use anyhow::Context;
-use tailor_core::{Settings, auth::JwtKeys, db, storage};
+use sqlx::PgPool;
+use tailor_core::{Settings, auth::JwtKeys, db, outbox, storage};
 
 use crate::{i18n::Templates, routes, state::AppState};
 
 pub struct Application {
     port: u16,
     server: Server,
+    /// The outbox relay's inputs, when this process relays (`jobs.relay_enabled`).
+    relay: Option<(PgPool, Arc<Settings>)>,
 }
 
 impl Application {
@@ -28,10 +31,15 @@ impl Application {
             )
         })?;
         let port = listener.local_addr()?.port();
+        let settings = Arc::new(settings);
+        let relay = settings
+            .jobs
+            .relay_enabled
+            .then(|| (pool.clone(), settings.clone()));
         let state = web::Data::new(AppState {
             jwt: JwtKeys::new(&settings.auth),
             templates: Templates::load().context("loading templates")?,
-            settings: Arc::new(settings),
+            settings,
             pool,
             store,
         });
@@ -58,14 +66,30 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "portal listening");
-        Ok(Application { port, server })
+        Ok(Application {
+            port,
+            server,
+            relay,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until the server stops (SIGINT/SIGTERM), with the outbox relay beside it;
+    /// the relay finishes its current batch and stops with the server.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let Some((pool, settings)) = self.relay else {
+            return self.server.await;
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let relay = tokio::spawn(outbox::run_relay(pool, settings, async {
+            stopped.await.ok();
+        }));
+        let served = self.server.await;
+        stop.send(()).ok();
+        relay.await.ok();
+        served
     }
 }
