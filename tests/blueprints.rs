@@ -420,7 +420,10 @@ async fn the_catalog_lists_minilm_with_its_lora_targets() {
         .iter()
         .find(|s| s["field"] == "training.epochs")
         .unwrap();
-    assert!(epochs["min"].is_number() && epochs["max"].is_number(), "{epochs}");
+    assert!(
+        epochs["min"].is_number() && epochs["max"].is_number(),
+        "{epochs}"
+    );
     assert_eq!(epochs["auto"], true);
     let presets: Vec<&str> = catalog["presets"]
         .as_array()
