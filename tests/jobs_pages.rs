@@ -35,10 +35,15 @@ fn blueprint() -> Value {
         "training": { "epochs": 1, "batch_size": 8, "seed": 3, "validation_split": 0.25 } })
 }
 
-/// The portal with queue names of its own (the relay, when it runs, publishes there).
+/// The portal with queue names of its own and without its outbox relay: these tests stop
+/// at the outbox row (tests/relay.rs follows it to the broker), and no worker runs.
 async fn app() -> TestApp {
     let prefix = format!("test-{}", Uuid::new_v4().simple());
-    spawn_app_with(move |s| s.rabbitmq.queue_prefix = prefix).await
+    spawn_app_with(move |s| {
+        s.rabbitmq.queue_prefix = prefix;
+        s.jobs.relay_enabled = false;
+    })
+    .await
 }
 
 /// Uploads the clauses; returns the dataset version's id.

@@ -14,13 +14,13 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use common::{Auth, Session, TestApp, assert_error, spawn_app};
+use common::{Auth, Session, TestApp, assert_error, spawn_app_with};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tailor_core::{
     OrgId,
-    jobs::{self, Submission},
+    jobs::{self, ClaimOutcome, ClaimRequest, NewModelVersion, Submission},
 };
 use tailor_modules::blueprint::{Blueprint, ColumnType, DatasetSchema, compile};
 use tailor_modules::catalog::{Catalog, load_encoder};
@@ -149,6 +149,17 @@ async fn trained() -> &'static Trained {
     TRAINED.get().unwrap()
 }
 
+/// The portal without its outbox relay (nothing here needs the broker) and with queue
+/// names of its own.
+async fn spawn_app() -> TestApp {
+    let prefix = format!("test-{}", Uuid::new_v4().simple());
+    spawn_app_with(move |s| {
+        s.rabbitmq.queue_prefix = prefix;
+        s.jobs.relay_enabled = false;
+    })
+    .await
+}
+
 fn hex_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -173,16 +184,11 @@ async fn dataset(app: &TestApp, session: &Session) -> (Uuid, Uuid) {
     )
 }
 
-/// Records version `n` of model "clauses" as the worker does: a succeeded job, the files
-/// under the version's prefix with `manifest.json` last, then the row. `epochs` changes
-/// the recorded blueprint so that versions differ. Returns the model id.
-async fn add_version(
-    app: &TestApp,
-    session: &Session,
-    dataset_version: Uuid,
-    n: i32,
-    epochs: u64,
-) -> Uuid {
+/// Records the next version of model "clauses" the way the worker does: a job is
+/// submitted and claimed, then `begin_publish`, the files under the version's prefix with
+/// `manifest.json` last, and `commit` (the first version is published by it). `epochs`
+/// changes the recorded blueprint so that versions differ. Returns the model id.
+async fn add_version(app: &TestApp, session: &Session, dataset_version: Uuid, epochs: u64) -> Uuid {
     let t = trained().await;
     let org = OrgId(session.org_id);
     let mut blueprint = t.blueprint.clone();
@@ -203,54 +209,50 @@ async fn add_version(
     )
     .await
     .unwrap();
-    sqlx::query(
-        "UPDATE jobs SET state = 'succeeded', attempts = 1, started_at = now(),
-                finished_at = now() WHERE id = $1",
+    let claimed = jobs::claim(
+        &app.pool,
+        &ClaimRequest {
+            job_id: submitted.job_id,
+            owner: "models-test",
+            lease_seconds: 300,
+            org_concurrency: 10,
+        },
     )
-    .bind(submitted.job_id)
-    .execute(&app.pool)
     .await
     .unwrap();
+    let ClaimOutcome::Claimed(claim) = claimed else {
+        panic!("not claimed: {claimed:?}")
+    };
+    let publication = jobs::begin_publish(&app.pool, claim.fence)
+        .await
+        .unwrap()
+        .expect("the claim holds the job");
     // The local object store is a folder: the files, then manifest.json last.
-    let prefix = format!("orgs/{}/models/{}/v{n}", org.0, submitted.model_id);
-    let root = app.settings.object_store.local_root.join(&prefix);
+    let root = app
+        .settings
+        .object_store
+        .local_root
+        .join(&publication.prefix);
     for (path, bytes) in &t.files {
         let file = root.join(path);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(file, bytes).unwrap();
     }
     std::fs::write(root.join("manifest.json"), &t.manifest).unwrap();
-    let dataset_sha256: String =
-        sqlx::query_scalar("SELECT sha256 FROM dataset_versions WHERE id = $1")
-            .bind(dataset_version)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    sqlx::query(
-        "INSERT INTO model_versions (id, org_id, model_id, version, job_id, object_prefix,
-            manifest_sha256, metrics, blueprint, dataset_version_id, dataset_sha256,
-            base_checkpoints, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(org.0)
-    .bind(submitted.model_id)
-    .bind(n)
-    .bind(submitted.job_id)
-    .bind(&prefix)
-    .bind(hex_sha256(&t.manifest))
-    .bind(sqlx::types::Json(&t.report))
-    .bind(sqlx::types::Json(&blueprint))
-    .bind(dataset_version)
-    .bind(dataset_sha256)
-    .bind(sqlx::types::Json(
-        json!({ "text/minilm-l6": "0".repeat(64) }),
-    ))
-    .bind(session.user_id)
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    submitted.model_id
+    let model = publication.model_id;
+    publication
+        .commit(&NewModelVersion {
+            manifest_sha256: hex_sha256(&t.manifest),
+            metrics: t.report.clone(),
+            blueprint,
+            dataset_version_id: dataset_version,
+            dataset_sha256: claim.dataset.sha256.clone(),
+            base_checkpoints: json!({ "text/minilm-l6": "0".repeat(64) }),
+            created_by: claim.created_by,
+        })
+        .await
+        .unwrap();
+    model
 }
 
 /// An owner with model "clauses" in versions 1..=count; returns (owner, model id).
@@ -259,7 +261,7 @@ async fn registry(app: &TestApp, count: i32) -> (Session, Uuid) {
     let (_, version) = dataset(app, &owner).await;
     let mut model = Uuid::nil();
     for n in 1..=count {
-        model = add_version(app, &owner, version, n, n as u64).await;
+        model = add_version(app, &owner, version, n as u64).await;
     }
     (owner, model)
 }
@@ -292,7 +294,8 @@ async fn publish_archive_and_roll_back_keep_one_published_version() {
         .unwrap();
     assert_eq!(list[0]["name"], "clauses");
     assert_eq!(list[0]["version_count"], 3);
-    assert_eq!(list[0]["published_version"], Value::Null);
+    // The worker publishes a model's first version.
+    assert_eq!(list[0]["published_version"], 1);
 
     for n in 1..=3 {
         let r = action(&app, &owner, &format!("{base}/versions/{n}/publish")).await;
