@@ -163,3 +163,26 @@ async fn a_job_trains_and_publishes_a_model_version_that_loads_and_predicts() {
 
     delete_queues(&app.settings).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_epoch_job_only_evaluates_and_still_publishes() {
+    let app = spawn_worker_app().await;
+    let session = app.sign_up("zero@example.com").await;
+    let version = upload_dataset(&app, &session, "drug-reviews", reviews_jsonl(4)).await;
+    let job = submit(&app, &session, classifier(0), version).await;
+
+    relay_and_work(&app.settings, &app.pool).await;
+
+    let events = events(&app, job).await;
+    assert_eq!(state(&app, job).await, JobState::Succeeded, "{events:#?}");
+    assert!(!events.iter().any(|(k, _)| k == "step"), "{events:#?}");
+    let metrics: sqlx::types::Json<Value> =
+        sqlx::query_scalar("SELECT metrics FROM model_versions WHERE job_id = $1")
+            .bind(job)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(metrics.0["tuned"].is_object(), "{}", metrics.0);
+
+    delete_queues(&app.settings).await;
+}

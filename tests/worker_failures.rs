@@ -481,3 +481,187 @@ async fn cancel_stops_training_within_one_step() {
 
     delete_queues(&app.settings).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_gives_its_job_back_with_the_exact_state() {
+    let app = spawn_worker_app().await;
+    let session = app.sign_up("sigterm@example.com").await;
+    let version = upload_dataset(&app, &session, "drug-reviews", reviews_jsonl(14)).await;
+    let job = submit(&app, &session, classifier(2), version).await;
+    tailor_core::outbox::drain(&app.pool, &app.settings)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        tailor_workers::Worker::build(app.settings.clone())
+            .unwrap()
+            .with_grace(Duration::ZERO)
+            .run_until(async {
+                stopped.await.ok();
+            }),
+    );
+    let pool = app.pool.clone();
+    wait_for("two tuned steps", Duration::from_secs(600), || {
+        let pool = pool.clone();
+        async move {
+            let step: Option<i32> = sqlx::query_scalar(
+                "SELECT (progress->>'step')::int FROM jobs
+                 WHERE id = $1 AND progress->>'phase' = 'tuned'",
+            )
+            .bind(job)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten();
+            step.is_some_and(|s| s >= 2)
+        }
+    })
+    .await;
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+
+    // Released: queued, the attempt not counted, its state kept as a checkpoint.
+    let (state, attempts, checkpoint_step): (JobState, i32, Option<i32>) =
+        sqlx::query_as("SELECT state, attempts, checkpoint_step FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let log = events(&app, job).await;
+    assert_eq!(state, JobState::Queued, "{log:#?}");
+    assert_eq!(attempts, 0);
+    let checkpoint_step = checkpoint_step.expect("the released state is a checkpoint");
+    let last_step = log
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "step")
+        .map(|(_, d)| d["step"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(i64::from(checkpoint_step), last_step, "{log:#?}");
+    assert!(log.iter().any(|(k, d)| {
+        k == "state"
+            && d["state"] == "queued"
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("worker stopped"))
+    }));
+
+    // The next worker resumes exactly there and finishes.
+    assert_eq!(until_final(&app, job, 20).await, JobState::Succeeded);
+    let log = events(&app, job).await;
+    assert!(
+        log.iter()
+            .any(|(k, d)| k == "log" && d["resumed_from_step"] == checkpoint_step),
+        "{log:#?}"
+    );
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1);
+
+    delete_queues(&app.settings).await;
+}
+
+/// `rabbitmqctl` output lines, tab-separated, without headers.
+fn rabbitmqctl(args: &[&str]) -> Vec<Vec<String>> {
+    let out = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl (the broker runs on this machine)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
+
+/// Closes the broker connection of the consumer of `queue`, as a broker restart would.
+fn close_consumer_connection(queue: &str) {
+    let channel = rabbitmqctl(&[
+        "list_consumers",
+        "--no-table-headers",
+        "queue_name",
+        "channel_pid",
+    ])
+    .into_iter()
+    .find(|l| l[0] == queue)
+    .map(|l| l[1].clone())
+    .expect("a consumer of the training queue");
+    let connection = rabbitmqctl(&["list_channels", "--no-table-headers", "pid", "connection"])
+        .into_iter()
+        .find(|l| l[0] == channel)
+        .map(|l| l[1].clone())
+        .expect("the consumer's channel");
+    rabbitmqctl(&[
+        "close_connection",
+        &connection,
+        "test: broker connection lost",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reconnects_after_losing_the_broker_and_training_goes_on() {
+    let app = spawn_worker_app().await;
+    let session = app.sign_up("broker@example.com").await;
+    let version = upload_dataset(&app, &session, "drug-reviews", reviews_jsonl(8)).await;
+    let first = submit(&app, &session, classifier(2), version).await;
+    tailor_core::outbox::drain(&app.pool, &app.settings)
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        tailor_workers::Worker::build(app.settings.clone())
+            .unwrap()
+            .run_until(async {
+                stopped.await.ok();
+            }),
+    );
+    let pool = app.pool.clone();
+    wait_for("training", Duration::from_secs(600), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT progress->>'phase' FROM jobs WHERE id = $1",
+            )
+            .bind(first)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .is_some()
+        }
+    })
+    .await;
+    let queue = tailor_core::queue::Topology::new(&app.settings.rabbitmq).queue;
+    close_consumer_connection(&queue);
+
+    // Training goes on, and the consumer comes back for the next job.
+    let second = submit(&app, &session, classifier(1), version).await;
+    tailor_core::outbox::drain(&app.pool, &app.settings)
+        .await
+        .unwrap();
+    let app = &app;
+    for job in [first, second] {
+        wait_for("the jobs to end", Duration::from_secs(600), || async move {
+            state(app, job).await.is_final()
+        })
+        .await;
+        assert_eq!(state(app, job).await, JobState::Succeeded);
+    }
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = $1")
+        .bind(first)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "the first job was not interrupted");
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+
+    delete_queues(&app.settings).await;
+}

@@ -289,7 +289,12 @@ async fn publish(
 }
 
 async fn read(store: &tailor_core::storage::Store, key: &str) -> anyhow::Result<Vec<u8>> {
-    let got = store.get(&Path::from(key)).await?;
+    let got = match store.get(&Path::from(key)).await {
+        Err(object_store::Error::NotFound { .. }) => {
+            anyhow::bail!("its file {key} is missing from the object store")
+        }
+        got => got?,
+    };
     Ok(got.bytes().await?.to_vec())
 }
 

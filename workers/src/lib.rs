@@ -223,7 +223,15 @@ impl Worker {
                             tracing::error!(error = %e, "a job task panicked");
                         }
                     }
-                    _ = idle.tick(), if mode == Mode::UntilIdle => {
+                    _ = idle.tick() => {
+                        // A dead connection does not always end the consumer stream.
+                        if !connection.status().connected() {
+                            tracing::warn!("the broker connection is closed; reconnecting");
+                            continue 'connect;
+                        }
+                        if mode != Mode::UntilIdle {
+                            continue;
+                        }
                         if tasks.is_empty() {
                             quiet_ticks += 1;
                         } else {
