@@ -368,7 +368,7 @@
     });
     var label = T["setting." + s.field] || s.field;
     return el("label", {}, [
-      document.createTextNode(label), el("span", { "class": "setting-help", text: s.description }),
+      document.createTextNode(label), el("span", { "class": "setting-help", text: T["help." + s.field] || s.description }),
       input, errorSlot(s.field),
     ]);
   }

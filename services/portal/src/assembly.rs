@@ -300,7 +300,6 @@ pub fn data_checks(blueprint: &Blueprint, version: &DatasetVersion) -> Vec<Field
                     column.missing, version.row_count
                 ),
             });
-            continue;
         }
         if !matches!(task, Task::Classification | Task::MultiLabel) {
             continue;

@@ -399,12 +399,19 @@ async fn assembly_page(
     context.insert("chosen_version", &chosen);
     context.insert("can_write", &member.role.can_write());
     context.insert("ui_keys", UI_KEYS);
-    let setting_fields: Vec<String> = Catalog::builtin()
-        .settings
-        .into_iter()
-        .map(|s| s.field)
-        .collect();
-    context.insert("setting_fields", &setting_fields);
+    // Labels and help texts of the catalog's settings, where the catalogs translate them
+    // (a setting added to the module catalog later shows its field name and description).
+    let strings = crate::i18n::catalog(lang).map_err(Error::Unexpected)?;
+    let translated = |prefix: &str| -> Vec<String> {
+        Catalog::builtin()
+            .settings
+            .into_iter()
+            .map(|s| s.field)
+            .filter(|f| strings.contains_key(&format!("{prefix}{f}")))
+            .collect()
+    };
+    context.insert("setting_fields", &translated("blueprints.setting."));
+    context.insert("help_fields", &translated("blueprints.help."));
     // A fresh key per rendering: a double click of "Start training" is one job.
     context.insert("idempotency_key", &Uuid::new_v4());
     page(state, lang, "blueprint.html", &context)
