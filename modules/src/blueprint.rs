@@ -16,7 +16,8 @@
 //! - Epochs scaled to the dataset: `clamp(ceil(8000 / rows), 4, 30)` — about 500 optimizer
 //!   steps whatever the size, so 50 rows get 30 epochs and 5,000 rows get 4.
 //! - 20% stratified validation split, early stopping with patience 3 on the task's usual
-//!   metric (macro F1, micro F1, RMSE, entity F1), the best epoch's weights kept.
+//!   metric (macro F1, micro F1, RMSE, entity F1), never before a third of the epochs has
+//!   run, the best epoch's weights kept.
 //! - Class weights "balanced" (inverse frequency): small industry sets are rarely balanced,
 //!   and macro F1 — the default target — rewards the rare classes.
 
@@ -410,7 +411,8 @@ pub enum ClassWeighting {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EarlyStopping {
     pub metric: String,
-    /// Epochs without improvement before stopping; 0 turns early stopping off.
+    /// Epochs without improvement before stopping (never before a third of the epochs
+    /// has run); 0 turns early stopping off.
     pub patience: usize,
 }
 
@@ -1346,7 +1348,7 @@ pub fn settings() -> Vec<SettingSpec> {
         },
         int_setting(
             "training.early_stopping.patience",
-            "Epochs without improvement before stopping; 0 never stops early.",
+            "Epochs without improvement before stopping, once a third of the epochs has run; 0 never stops early.",
             0,
             100,
             3,

@@ -8,7 +8,8 @@
 //!   Hugging Face's Trainer, not applied to biases.
 //! - A validation split is carved (stratified, seeded) when the dataset has none; after
 //!   every epoch the chosen metric is checked, the best epoch's weights are kept, and
-//!   training stops after `patience` epochs without improvement.
+//!   training stops after `patience` epochs without improvement — but not before a third
+//!   of the planned epochs has run.
 //! - Every random choice comes from ChaCha streams derived from the seed and the position
 //!   (split, epoch order, step dropout), so the rng position is just (epoch, step): a
 //!   [`TrainState`] checkpoint resumes to exactly the run that was not interrupted.
@@ -1117,6 +1118,11 @@ pub fn train(
     let schedule = Schedule::new(settings.schedule, settings.warmup_ratio, total_steps);
     let metric = settings.early_stopping.metric.clone();
     let higher = metrics::higher_is_better(&metric);
+    // Early stopping may end a run only once a third of its epochs (and so the warm-up)
+    // are done: on 50-500 rows an epoch is a handful of steps, the validation split a
+    // few dozen rows, and "no better for 3 epochs" otherwise fires while the rate is
+    // still warming up, leaving a barely trained head. The best epoch is still kept.
+    let min_epochs = epochs.div_ceil(3);
 
     let mut st = match options.resume {
         Some(state) => {
@@ -1296,7 +1302,7 @@ pub fn train(
         st.batch_in_epoch = 0;
         st.epoch_loss_sum = 0.0;
         let patience = settings.early_stopping.patience;
-        let early = patience > 0 && st.bad_epochs >= patience;
+        let early = patience > 0 && st.bad_epochs >= patience && st.epoch >= min_epochs;
         let mut flow = on_event(Event::Epoch(&progress));
         let state = capture(&st, &opt)?;
         if on_event(Event::Checkpoint(&state)).is_break() {

@@ -350,8 +350,8 @@ fn early_stopping_keeps_the_best_epoch() {
     let best = outcome.best_epoch.unwrap();
     assert_eq!(
         outcome.history.len(),
-        best + 1 + 2,
-        "stops after patience epochs without improvement"
+        (best + 1 + 2).max(10),
+        "stops after patience epochs without improvement, not before a third of the 30"
     );
     let best_loss = outcome.history[best].validation_loss;
     assert!(
