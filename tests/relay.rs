@@ -37,6 +37,8 @@ made me dizzy,Migraine\n\
 slept well at last,Insomnia\n\
 no effect,Insomnia\n";
 
+type Time = chrono::DateTime<chrono::Utc>;
+
 /// Generous upper bound for anything to happen; only guards against hanging forever.
 const PATIENCE: Duration = Duration::from_secs(180);
 
@@ -252,12 +254,15 @@ async fn an_unroutable_message_stays_pending_with_its_error() {
         "{report:?}"
     );
     assert!(!report.broker_lost);
-    let (published, attempts, error): (Option<chrono::DateTime<chrono::Utc>>, i32, Option<String>) =
-        sqlx::query_as("SELECT published_at, attempts, last_error FROM outbox WHERE job_id = $1")
-            .bind(job)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (published, attempts, error, delayed): (Option<Time>, i32, Option<String>, bool) =
+        sqlx::query_as(
+            "SELECT published_at, attempts, last_error, next_attempt_at > now()
+             FROM outbox WHERE job_id = $1",
+        )
+        .bind(job)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(published, None, "an unroutable message is not published");
     assert_eq!(attempts, 1);
     let error = error.expect("last_error is set");
@@ -265,8 +270,16 @@ async fn an_unroutable_message_stays_pending_with_its_error() {
     assert!(error.contains(&t.exchange), "{error}");
     assert_eq!(outbox::pending(&pool).await.unwrap(), 1);
 
-    // With the queue back, the same row goes out on the next try.
+    // With the queue back, the row waits out its delay, then goes out.
+    assert!(delayed, "a refused row waits before its next try");
     publisher.redeclare().await.unwrap();
+    let report = publisher.publish_pending(&pool, 100).await.unwrap();
+    assert_eq!(report.taken, 0, "{report:?}");
+    sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE job_id = $1")
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
     let report = publisher.publish_pending(&pool, 100).await.unwrap();
     assert_eq!((report.published, report.failed), (1, 0), "{report:?}");
     assert_eq!(outbox::pending(&pool).await.unwrap(), 0);

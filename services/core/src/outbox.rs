@@ -6,7 +6,8 @@
 //! as a persistent, mandatory message on a channel in confirm mode, and sets
 //! `published_at` only for the messages the broker confirmed. A message that the broker
 //! returns (unroutable) or nacks is a failure: the row stays pending with `attempts + 1`
-//! and `last_error`, and is tried again later.
+//! and `last_error`, and is tried again after a delay that doubles with each refusal
+//! (`next_attempt_at`).
 //!
 //! The relay wakes on `NOTIFY tailor_outbox` (a trigger on `outbox`) and on a timer
 //! (`jobs.relay_poll_millis`). It connects to the broker only when there is something to
@@ -128,11 +129,11 @@ impl Publisher {
             .begin()
             .await
             .context("starting the relay transaction")?;
-        // Rows that failed before go behind fresh ones, so that one unroutable message
-        // does not hold up the rest.
+        // Rows the broker refused wait out their delay; rows that failed before go behind
+        // fresh ones, so that one unroutable message does not hold up the rest.
         let rows: Vec<(i64, String, Json<serde_json::Value>)> = sqlx::query_as(
             "SELECT id, routing_key, payload FROM outbox
-             WHERE published_at IS NULL
+             WHERE published_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= now())
              ORDER BY attempts, id
              LIMIT $1
              FOR UPDATE SKIP LOCKED",
@@ -148,7 +149,8 @@ impl Publisher {
         }
 
         let mut sent = Vec::with_capacity(rows.len());
-        let mut failures: Vec<(i64, String)> = Vec::new();
+        // (row, error, refused by the broker: delay the next try)
+        let mut failures: Vec<(i64, String, bool)> = Vec::new();
         for (id, routing_key, Json(payload)) in &rows {
             if report.broker_lost {
                 // Not sent: leave the row as it was.
@@ -176,7 +178,7 @@ impl Publisher {
                 Ok(confirm) => sent.push((*id, confirm)),
                 Err(e) => {
                     report.broker_lost = true;
-                    failures.push((*id, format!("publishing failed: {e}")));
+                    failures.push((*id, format!("publishing failed: {e}"), false));
                 }
             }
         }
@@ -196,23 +198,25 @@ impl Publisher {
                             returned.reply_text.as_str(),
                             self.topology.exchange
                         ),
+                        true,
                     ));
                 }
                 Ok(Ok(Confirmation::Nack(None))) => {
-                    failures.push((id, "the broker refused the message (nack)".into()));
+                    failures.push((id, "the broker refused the message (nack)".into(), true));
                 }
                 Ok(Ok(Confirmation::NotRequested)) => {
-                    failures.push((id, "the channel is not in confirm mode".into()));
+                    failures.push((id, "the channel is not in confirm mode".into(), false));
                 }
                 Ok(Err(e)) => {
                     report.broker_lost = true;
-                    failures.push((id, format!("no confirm: {e}")));
+                    failures.push((id, format!("no confirm: {e}"), false));
                 }
                 Err(_) => {
                     report.broker_lost = true;
                     failures.push((
                         id,
                         format!("no confirm within {} s", CONFIRM_TIMEOUT.as_secs()),
+                        false,
                     ));
                 }
             }
@@ -226,17 +230,28 @@ impl Publisher {
                 .context("marking outbox rows published")?;
         }
         if !failures.is_empty() {
-            let (ids, errors): (Vec<i64>, Vec<String>) = failures.into_iter().unzip();
-            for (id, error) in ids.iter().zip(&errors) {
+            let mut ids = Vec::with_capacity(failures.len());
+            let mut errors = Vec::with_capacity(failures.len());
+            let mut refused = Vec::with_capacity(failures.len());
+            for (id, error, by_broker) in failures {
                 tracing::warn!(outbox_id = id, error, "outbox row not published");
+                ids.push(id);
+                errors.push(error);
+                refused.push(by_broker);
             }
+            // A row the broker refused waits 2, 4, 8 … up to 300 s before its next try;
+            // one that failed with the connection is tried again as soon as it is back.
             sqlx::query(
-                "UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error
-                 FROM unnest($1::bigint[], $2::text[]) AS f(id, error)
+                "UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error,
+                        next_attempt_at = CASE WHEN f.refused
+                            THEN now() + least(power(2, o.attempts + 1), 300) * interval '1 second'
+                        END
+                 FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS f(id, error, refused)
                  WHERE o.id = f.id",
             )
             .bind(&ids)
             .bind(&errors)
+            .bind(&refused)
             .execute(&mut *tx)
             .await
             .context("recording outbox failures")?;
@@ -252,7 +267,7 @@ impl Publisher {
     }
 }
 
-/// Rows not yet confirmed by the broker.
+/// Rows not yet confirmed by the broker (including those waiting out a delay).
 pub async fn pending(pool: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         .fetch_one(pool)
@@ -410,9 +425,12 @@ pub async fn run_relay(pool: PgPool, settings: Arc<Settings>, shutdown: impl Fut
 }
 
 async fn has_pending(pool: &PgPool) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL
+                        AND (next_attempt_at IS NULL OR next_attempt_at <= now()))",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 async fn listen(pool: &PgPool) -> Option<PgListener> {
