@@ -390,11 +390,7 @@ async fn record(app: &TestApp, org: Uuid, job: Uuid, kind: &str, data: Value) ->
     let id = jobs::record_event_tx(&mut tx, OrgId(org), job, kind, &data)
         .await
         .unwrap();
-    sqlx::query("SELECT pg_notify('tailor_job_events', $1)")
-        .bind(job.to_string())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    jobs::notify_event_tx(&mut tx, job).await.unwrap();
     tx.commit().await.unwrap();
     id
 }

@@ -38,7 +38,7 @@
     if (next === "succeeded" || next === "failed" || next === "cancelled") {
       if (!finished) finished = Date.now();
       var cancel = el("cancel-form");
-      if (cancel) cancel.hidden = true;
+      if (cancel) cancel.style.display = "none";
       text("job-remaining", "—");
       if (next === "succeeded" && !el("model-version-link")) el("model-version-pending").hidden = false;
     }
@@ -111,7 +111,16 @@
     text("metric-name", metricName);
   }
 
+  var progress = {};
+  // Keeps the latest epoch, step and phase from step and epoch events alike.
   function progressText(d) {
+    ["epoch", "epochs", "step", "total_steps", "phase"].forEach(function (k) {
+      if (d[k] !== undefined && d[k] !== null) progress[k] = d[k];
+    });
+    return describe(progress);
+  }
+
+  function describe(d) {
     var parts = [];
     if (d.epoch !== undefined && d.epoch !== null) parts.push(msg("epoch") + " " + d.epoch + (d.epochs ? "/" + d.epochs : ""));
     if (d.step !== undefined && d.step !== null) parts.push(msg("step") + " " + d.step + (d.total_steps ? "/" + d.total_steps : ""));
@@ -122,9 +131,9 @@
   function detail(kind, d) {
     if (kind === "state") return (d.state || "") + (d.reason ? " — " + d.reason : "") + (d.error ? " — " + d.error : "");
     if (kind === "log") return d.message || JSON.stringify(d);
-    if (kind === "step") return progressText(d) + (isFinite(d.loss) ? " · " + msg("loss") + " " + Number(d.loss).toFixed(4) : "");
+    if (kind === "step") return describe(d) + (isFinite(d.loss) ? " · " + msg("loss") + " " + Number(d.loss).toFixed(4) : "");
     if (kind === "epoch") {
-      var s = progressText(d);
+      var s = describe(d);
       if (isFinite(d.train_loss)) s += " · " + msg("train-loss") + " " + Number(d.train_loss).toFixed(4);
       if (isFinite(d.validation_loss)) s += " · " + msg("validation-loss") + " " + Number(d.validation_loss).toFixed(4);
       if (d.metric && isFinite(d.value)) s += " · " + d.metric + " " + Number(d.value).toFixed(4);
@@ -184,6 +193,12 @@
     try { var d = JSON.parse(e.data); if (d.state) setState(d.state); } catch (err) { /* keep the state shown */ }
     text("stream-status", msg("ended"));
     tick();
+    // A page drawn while the job ran reloads once, to show what the end brings (the
+    // error, the retry button, the model version); a page drawn final never does.
+    if (root.getAttribute("data-final") === "false") {
+      setTimeout(function () { window.location.reload(); }, 1500);
+      return;
+    }
     // The error text and the model version link come with the page.
     fetch("/api/v1/jobs/" + jobId, { credentials: "same-origin" }).then(function (r) { return r.ok ? r.json() : null; }).then(function (job) {
       if (!job) return;

@@ -39,8 +39,6 @@ use crate::{
 const JOBS_JS: &str = include_str!("../../../../templates/static/jobs.js");
 const JOBS_CSS: &str = include_str!("../../../../templates/static/jobs.css");
 
-/// The channel the workers (and cancel) notify with a job id after writing its events.
-pub const EVENTS_CHANNEL: &str = "tailor_job_events";
 /// How often a stream looks for new events when no notification came.
 const POLL: Duration = Duration::from_secs(1);
 /// A comment line this often, so that a closed connection is noticed.
@@ -420,11 +418,7 @@ async fn cancel(pool: &PgPool, org: OrgId, id: Uuid) -> Result<JobState, Error> 
             ));
         }
     };
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(EVENTS_CHANNEL)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    jobs::notify_event_tx(&mut tx, id).await?;
     tx.commit().await?;
     tracing::info!(job_id = %id, state = now.as_str(), "cancel requested");
     Ok(now)
@@ -477,6 +471,7 @@ async fn retry(state: &AppState, member: &CurrentMember, id: Uuid) -> Result<(Uu
             &serde_json::json!({ "message": format!("Retry of job {id}."), "retry_of": id }),
         )
         .await?;
+        jobs::notify_event_tx(&mut tx, submitted.job_id).await?;
         tx.commit().await?;
         tracing::info!(job_id = %submitted.job_id, retry_of = %id, "job retried");
     }
@@ -572,7 +567,7 @@ impl EventsHub {
                         return None;
                     }
                 };
-                if let Err(e) = listener.listen(EVENTS_CHANNEL).await {
+                if let Err(e) = listener.listen(jobs::EVENTS_CHANNEL).await {
                     tracing::warn!(error = %e, "cannot LISTEN for job events; polling only");
                     return None;
                 }

@@ -408,8 +408,14 @@ async fn model_page(
         .or_not_found()?;
     let versions = models::versions(&state.pool, member.org_id, id).await?;
     let mut context = member_context(&state, &member).await?;
+    let can_roll_back = model.published_version.is_some_and(|published| {
+        versions
+            .iter()
+            .any(|v| v.version < published && v.status == models::VersionStatus::Ready)
+    });
     context.insert("model", &model);
     context.insert("versions", &summaries(&versions));
+    context.insert("can_roll_back", &can_roll_back);
     context.insert("can_publish", &member.role.can_manage_members());
     page(&state, lang, "model.html", &context)
 }
