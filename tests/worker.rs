@@ -36,6 +36,17 @@ fn files_under(root: &std::path::Path, prefix: &str) -> BTreeMap<String, Vec<u8>
     out
 }
 
+#[derive(sqlx::FromRow)]
+struct VersionRow {
+    model_id: Uuid,
+    version: i32,
+    object_prefix: String,
+    manifest_sha256: String,
+    metrics: sqlx::types::Json<Value>,
+    base_checkpoints: sqlx::types::Json<Value>,
+    dataset_sha256: String,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_trains_and_publishes_a_model_version_that_loads_and_predicts() {
     let app = spawn_worker_app().await;
@@ -70,25 +81,25 @@ async fn a_job_trains_and_publishes_a_model_version_that_loads_and_predicts() {
     assert_eq!(last["model_version"], 1);
 
     // One version, published (the model's first), with tuned and baseline metrics.
-    let rows: Vec<(
-        Uuid,
-        i32,
-        String,
-        String,
-        sqlx::types::Json<Value>,
-        sqlx::types::Json<Value>,
-        String,
-    )> = sqlx::query_as(
+    let rows: Vec<VersionRow> = sqlx::query_as(
         "SELECT v.model_id, v.version, v.object_prefix, v.manifest_sha256, v.metrics,
-                    v.base_checkpoints, v.dataset_sha256
-             FROM model_versions v WHERE v.job_id = $1",
+                v.base_checkpoints, v.dataset_sha256
+         FROM model_versions v WHERE v.job_id = $1",
     )
     .bind(job)
     .fetch_all(&app.pool)
     .await
     .unwrap();
     assert_eq!(rows.len(), 1);
-    let (model_id, number, prefix, manifest_sha256, metrics, base, dataset_sha256) = &rows[0];
+    let VersionRow {
+        model_id,
+        version: number,
+        object_prefix: prefix,
+        manifest_sha256,
+        metrics,
+        base_checkpoints: base,
+        dataset_sha256,
+    } = &rows[0];
     assert_eq!(*number, 1);
     assert!(metrics.0["tuned"]["macro_f1"].is_number(), "{}", metrics.0);
     assert!(
