@@ -5,10 +5,9 @@
 mod common;
 mod worker_support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tailor_core::jobs::{self, ClaimOutcome, ClaimRequest, JobState, Lease, NewModelVersion};
 use worker_support::*;
@@ -35,42 +34,7 @@ async fn a_killed_worker_job_resumes_from_its_checkpoint_and_succeeds_exactly_on
         .await
         .unwrap();
 
-    // A worker process, configured like the test app.
-    let s = &app.settings;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
-        .arg("worker")
-        .env("TAILOR_ENV", "test")
-        .env(
-            "TAILOR_CONFIG_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
-        )
-        .env("TAILOR__DATABASE__URL", s.database.url.expose_secret())
-        .env("TAILOR__RABBITMQ__QUEUE_PREFIX", &s.rabbitmq.queue_prefix)
-        .env(
-            "TAILOR__OBJECT_STORE__LOCAL_ROOT",
-            &s.object_store.local_root,
-        )
-        .env("TAILOR__JOBS__ASSETS_DIR", &s.jobs.assets_dir)
-        .env(
-            "TAILOR__JOBS__LEASE_SECONDS",
-            s.jobs.lease_seconds.to_string(),
-        )
-        .env(
-            "TAILOR__JOBS__HEARTBEAT_SECONDS",
-            s.jobs.heartbeat_seconds.to_string(),
-        )
-        .env(
-            "TAILOR__JOBS__REAPER_SECONDS",
-            s.jobs.reaper_seconds.to_string(),
-        )
-        .env(
-            "TAILOR__JOBS__CHECKPOINT_EVERY",
-            s.jobs.checkpoint_every.to_string(),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting `tailor worker`");
+    let mut child = spawn_worker_process(&app.settings);
 
     // Kill -9 once the tuned run has stored a checkpoint.
     let pool = app.pool.clone();
@@ -662,6 +626,53 @@ async fn the_worker_reconnects_after_losing_the_broker_and_training_goes_on() {
     assert_eq!(attempts, 1, "the first job was not interrupted");
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
+
+    delete_queues(&app.settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_job_finish_within_the_grace_period() {
+    let app = spawn_worker_app().await;
+    let session = app.sign_up("term@example.com").await;
+    let version = upload_dataset(&app, &session, "drug-reviews", reviews_jsonl(8)).await;
+    let job = submit(&app, &session, classifier(1), version).await;
+    tailor_core::outbox::drain(&app.pool, &app.settings)
+        .await
+        .unwrap();
+    let mut child = spawn_worker_process(&app.settings);
+    let pool = app.pool.clone();
+    wait_for("a tuned step", Duration::from_secs(600), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT progress->>'phase' FROM jobs WHERE id = $1",
+            )
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .as_deref()
+                == Some("tuned")
+        }
+    })
+    .await;
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "the worker exited with {status}");
+    // A short job ends within the grace period: it finished rather than being released.
+    assert_eq!(state(&app, job).await, JobState::Succeeded);
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1);
 
     delete_queues(&app.settings).await;
 }

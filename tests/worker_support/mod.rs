@@ -3,7 +3,10 @@
 //! job is final. Real Postgres, RabbitMQ and object store.
 #![allow(dead_code)]
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use secrecy::ExposeSecret;
 
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
@@ -187,4 +190,42 @@ pub async fn delete_queues(settings: &Settings) {
         .await
         .ok();
     connection.close(200, "test done").await.ok();
+}
+
+/// `tailor worker` as a child process, configured like the test app.
+pub fn spawn_worker_process(s: &Settings) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tailor"))
+        .arg("worker")
+        .env("TAILOR_ENV", "test")
+        .env(
+            "TAILOR_CONFIG_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        )
+        .env("TAILOR__DATABASE__URL", s.database.url.expose_secret())
+        .env("TAILOR__RABBITMQ__QUEUE_PREFIX", &s.rabbitmq.queue_prefix)
+        .env(
+            "TAILOR__OBJECT_STORE__LOCAL_ROOT",
+            &s.object_store.local_root,
+        )
+        .env("TAILOR__JOBS__ASSETS_DIR", &s.jobs.assets_dir)
+        .env(
+            "TAILOR__JOBS__LEASE_SECONDS",
+            s.jobs.lease_seconds.to_string(),
+        )
+        .env(
+            "TAILOR__JOBS__HEARTBEAT_SECONDS",
+            s.jobs.heartbeat_seconds.to_string(),
+        )
+        .env(
+            "TAILOR__JOBS__REAPER_SECONDS",
+            s.jobs.reaper_seconds.to_string(),
+        )
+        .env(
+            "TAILOR__JOBS__CHECKPOINT_EVERY",
+            s.jobs.checkpoint_every.to_string(),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting `tailor worker`")
 }

@@ -28,6 +28,12 @@ pub(crate) async fn run(shared: Arc<Shared>, claim: Claim, control: Arc<Control>
         tracing::info!("training");
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), fence, control.clone()));
         let result = train(&shared, &claim, &control).await;
+        // From here on the job's row is locked by each ending write (publishing holds it
+        // while it writes the files), so no other claim can take the job meanwhile.
+        heartbeat.abort();
+        if control.is_lost() {
+            tracing::warn!("the job was taken over by another claim; nothing more written");
+        }
         let end = match result {
             Ok(TrainingOutcome::Done {
                 files,
@@ -49,10 +55,6 @@ pub(crate) async fn run(shared: Arc<Shared>, claim: Claim, control: Arc<Control>
             }
             _ => Ok(()),
         };
-        heartbeat.abort();
-        if control.is_lost() {
-            tracing::warn!("the job was taken over by another claim; nothing more written");
-        }
         if let Err(e) = end {
             // The lease runs out and the reaper offers the job again.
             tracing::error!(error = %format!("{e:#}"), "ending the job");

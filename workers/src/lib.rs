@@ -356,6 +356,9 @@ async fn handle(shared: Arc<Shared>, slots: Arc<Semaphore>, delivery: lapin::mes
         ClaimOutcome::Claimed(claim) => {
             ack().await;
             let job_id = claim.fence.job_id;
+            if let Some(traceparent) = &message.traceparent {
+                tracing::info!(%job_id, %traceparent, "claimed; started by this trace");
+            }
             let control = Arc::new(Control::default());
             shared
                 .running
