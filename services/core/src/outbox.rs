@@ -342,17 +342,23 @@ pub async fn run_relay(pool: PgPool, settings: Arc<Settings>, shutdown: impl Fut
                 }
             }
             if publisher.is_none() {
+                let open = Publisher::open(&settings, topology.clone(), delivery_limit);
                 let opened = tokio::select! {
                     _ = &mut shutdown => break 'relay,
-                    opened = tokio::time::timeout(
-                        OPEN_TIMEOUT,
-                        Publisher::open(&settings, topology.clone(), delivery_limit),
-                    ) => opened.unwrap_or_else(|_| Err(anyhow::anyhow!("the broker did not answer within {} s", OPEN_TIMEOUT.as_secs()))),
+                    opened = tokio::time::timeout(OPEN_TIMEOUT, open) => opened,
                 };
+                let opened = opened.unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "the broker did not answer within {} s",
+                        OPEN_TIMEOUT.as_secs()
+                    ))
+                });
                 match opened {
+                    // The backoff is reset only once something was published, so that a
+                    // broker that accepts connections but breaks every batch is not
+                    // hammered.
                     Ok(p) => {
                         tracing::info!("relay connected to the broker");
-                        backoff.reset();
                         publisher = Some(p);
                     }
                     Err(e) => {
@@ -375,6 +381,9 @@ pub async fn run_relay(pool: PgPool, settings: Arc<Settings>, shutdown: impl Fut
             loop {
                 match p.publish_pending(&pool, BATCH).await {
                     Ok(report) => {
+                        if report.published > 0 {
+                            backoff.reset();
+                        }
                         if report.returned > 0 {
                             // Someone removed the queue or its binding: put it back for
                             // the next try.
@@ -383,7 +392,18 @@ pub async fn run_relay(pool: PgPool, settings: Arc<Settings>, shutdown: impl Fut
                             }
                         }
                         if report.broker_lost {
-                            continue 'relay;
+                            if let Some(p) = publisher.take() {
+                                p.close().await;
+                            }
+                            let wait = backoff.next_delay();
+                            tracing::warn!(
+                                retry_in_ms = wait.as_millis() as u64,
+                                "relay lost the broker during a batch; unconfirmed rows wait"
+                            );
+                            tokio::select! {
+                                _ = &mut shutdown => break 'relay,
+                                _ = tokio::time::sleep(wait) => continue 'relay,
+                            }
                         }
                         if report.failed > 0 || report.taken < BATCH as usize {
                             break;
