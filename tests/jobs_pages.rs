@@ -164,6 +164,9 @@ async fn starting_a_job_writes_one_job_and_one_outbox_row_once_per_key() {
     assert_eq!(count(&app, "SELECT count(*) FROM outbox").await, 2);
     let job_page = app.get(&locations[0], &Auth::Session(&owner)).await;
     assert_eq!(job_page.status(), StatusCode::OK);
+    let html = job_page.text().await.unwrap();
+    assert!(html.contains("id=\"job-estimate\""), "the estimate is shown");
+    assert!(html.contains(&format!("/blueprints/{blueprint_id}")));
     let list: Value = app
         .get("/api/v1/jobs", &Auth::Session(&owner))
         .await
