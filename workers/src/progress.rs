@@ -332,3 +332,49 @@ impl Reporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_stop_cause_wins_but_losing_the_job_overrides_it() {
+        let c = Control::default();
+        assert_eq!(c.cause(), StopCause::None);
+        assert!(!c.flag.load(Ordering::SeqCst));
+        c.stop(StopCause::Shutdown);
+        c.stop(StopCause::Cancel);
+        assert_eq!(c.cause(), StopCause::Shutdown);
+        assert!(c.flag.load(Ordering::SeqCst));
+        c.stop(StopCause::Lost);
+        assert!(c.is_lost());
+        c.stop(StopCause::Cancel);
+        assert!(c.is_lost());
+    }
+
+    #[test]
+    fn fenced_answers_set_the_switch() {
+        let c = Control::default();
+        c.apply(Lease::Held {
+            cancel_requested: false,
+        });
+        assert!(!c.flag.load(Ordering::SeqCst));
+        c.apply(Lease::Held {
+            cancel_requested: true,
+        });
+        assert_eq!(c.cause(), StopCause::Cancel);
+        let c = Control::default();
+        c.apply(Lease::Lost);
+        assert!(c.is_lost() && c.flag.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn checkpoints_live_under_the_job() {
+        let org = OrgId(uuid::Uuid::nil());
+        let job = uuid::Uuid::max();
+        assert_eq!(
+            checkpoint_key(org, job, 12).as_ref(),
+            format!("orgs/{}/jobs/{job}/checkpoints/step-12.bin", org.0)
+        );
+    }
+}
