@@ -165,7 +165,10 @@ async fn starting_a_job_writes_one_job_and_one_outbox_row_once_per_key() {
     let job_page = app.get(&locations[0], &Auth::Session(&owner)).await;
     assert_eq!(job_page.status(), StatusCode::OK);
     let html = job_page.text().await.unwrap();
-    assert!(html.contains("id=\"job-estimate\""), "the estimate is shown");
+    assert!(
+        html.contains("id=\"job-estimate\""),
+        "the estimate is shown"
+    );
     assert!(html.contains(&format!("/blueprints/{blueprint_id}")));
     let list: Value = app
         .get("/api/v1/jobs", &Auth::Session(&owner))
@@ -459,6 +462,18 @@ async fn the_event_stream_replays_then_follows_and_ends_when_the_job_is_final() 
         let chunk = live.chunk().await.unwrap().expect("more events");
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
+    // The portal listens for the workers' notifications (and polls besides).
+    let listening: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%tailor_job_events%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        listening, 1,
+        "one LISTEN connection for the portal's streams"
+    );
     // New events are followed, and the stream ends with the final state.
     record(
         &app,

@@ -441,6 +441,22 @@ async fn the_version_page_shows_metrics_confusion_matrix_lineage_and_card() {
         let r = app.get(&path, &Auth::Session(&owner)).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
+    let card = app
+        .get(
+            &format!("/api/v1/models/{model}/versions/1/card"),
+            &Auth::Session(&owner),
+        )
+        .await;
+    assert_eq!(card.status(), StatusCode::OK);
+    let card = card.text().await.unwrap();
+    let stored = &trained()
+        .await
+        .files
+        .iter()
+        .find(|(p, _)| p == "model_card.md")
+        .unwrap()
+        .1;
+    assert_eq!(card.as_bytes(), stored.as_slice());
     // Compare: the settings that differ are named.
     let cmp: Value = app
         .get(
@@ -553,6 +569,7 @@ async fn another_organizations_models_are_not_found() {
         format!("/api/v1/models/{model}"),
         format!("/api/v1/models/{model}/versions/1"),
         format!("/api/v1/models/{model}/versions/1/adapter"),
+        format!("/api/v1/models/{model}/versions/1/card"),
         format!("/api/v1/models/{model}/compare?a=1&b=2"),
     ] {
         let r = app.get(&path, &Auth::Session(&other)).await;

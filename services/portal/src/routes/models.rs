@@ -34,6 +34,7 @@ pub fn configure_api(cfg: &mut web::ServiceConfig) {
         .service(api_archive)
         .service(api_rollback)
         .service(api_compare)
+        .service(api_card)
         .service(api_adapter);
 }
 
@@ -352,6 +353,24 @@ async fn adapter_zip(
         ))
         .insert_header(("X-Manifest-SHA256", version.manifest_sha256.clone()))
         .body(zip))
+}
+
+/// The model card (Markdown), checked against the manifest.
+#[get("/models/{id}/versions/{version}/card")]
+#[tracing::instrument(skip_all, fields(org_id = %member.org_id))]
+async fn api_card(
+    state: web::Data<AppState>,
+    member: CurrentMember,
+    path: web::Path<(Uuid, i32)>,
+) -> Result<HttpResponse, Error> {
+    let (id, n) = path.into_inner();
+    let version = version_or_404(&state, &member, id, n).await?;
+    let card = models::model_card(&state.store, &version)
+        .await?
+        .ok_or(Error::NotFound)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/markdown; charset=utf-8"))
+        .body(card))
 }
 
 #[get("/models/{id}/versions/{version}/adapter")]
