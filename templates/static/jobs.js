@@ -17,6 +17,7 @@
   var epochLoss = {};  // "train"/"validation" -> [[epoch, loss]] (tuned run when there is one)
   var metric = {};     // phase -> [[epoch, value]]
   var metricName = "";
+  var lastStep = {};   // phase -> the latest step seen
 
   function el(id) { return document.getElementById(id); }
   function text(id, value) { var e = el(id); if (e) e.textContent = value; }
@@ -166,6 +167,7 @@
     var phase = d.phase || "tuned";
     if (event.kind === "state" && d.state) setState(d.state);
     if (event.kind === "step") {
+      if (isFinite(d.step)) lastStep[phase] = Number(d.step);
       if (isFinite(d.loss)) push(stepLoss, phase, [Number(d.step), Number(d.loss)]);
       text("job-progress", progressText(d));
       if (isFinite(d.eta_seconds)) text("job-remaining", seconds(d.eta_seconds));
@@ -174,6 +176,10 @@
     if (event.kind === "epoch") {
       if (isFinite(d.value)) push(metric, phase, [Number(d.epoch), Number(d.value)]);
       if (d.metric) metricName = d.metric;
+      // Validation loss on the step axis, at the last step of its epoch.
+      if (phase !== "baseline" && isFinite(d.validation_loss) && lastStep[phase] !== undefined) {
+        push(stepLoss, "validation", [lastStep[phase], Number(d.validation_loss)]);
+      }
       if (phase !== "baseline") {
         if (isFinite(d.train_loss)) push(epochLoss, "tuned", [Number(d.epoch), Number(d.train_loss)]);
         if (isFinite(d.validation_loss)) push(epochLoss, "validation", [Number(d.epoch), Number(d.validation_loss)]);
