@@ -3,6 +3,7 @@
 //! error type that every HTTP service maps to JSON.
 
 pub mod accounts;
+pub mod api_keys;
 pub mod auth;
 pub mod blueprints;
 pub mod datasets;
