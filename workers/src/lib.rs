@@ -15,7 +15,9 @@
 //!   (A nack with requeue would spin between workers and, on a quorum queue, count
 //!   against the delivery limit and so end in the dead-letter queue.)
 //! - **Concurrency**: prefetch is `jobs.worker_concurrency`, and as many jobs train at
-//!   once. A delivery that arrives while every slot is busy waits, unacked, for a slot.
+//!   once. A delivery that arrives while every slot is busy waits, unacked, for a slot
+//!   (so up to `worker_concurrency` messages wait at a busy worker instead of at an idle
+//!   one; on shutdown they go back to the queue unclaimed).
 //! - **Poison jobs**: a failed attempt puts the job back to `queued` with its error and a
 //!   new message; the delivery after the last attempt fails the job ("gave up after N
 //!   attempts: …") and is rejected without requeue, into the dead-letter queue. A worker
@@ -254,7 +256,9 @@ impl Worker {
                     }
                 }
             }
-            // Deliveries not yet handed to a task go back to the queue with the channel.
+            // Stop taking work: deliveries still waiting for a slot are not claimed, and
+            // go back to the queue with the channel.
+            slots.close();
             self.drain_tasks(&mut tasks).await;
             let _ = channel.close(200, "worker stopping").await;
             let _ = connection.close(200, "worker stopping").await;
@@ -322,6 +326,7 @@ async fn handle(shared: Arc<Shared>, slots: Arc<Semaphore>, delivery: lapin::mes
         }
     };
     let Ok(permit) = slots.acquire_owned().await else {
+        // The worker is stopping: leave the message to another worker.
         return;
     };
     let settings = &shared.settings;
