@@ -298,6 +298,7 @@ async fn publish_archive_and_roll_back_keep_one_published_version() {
     assert_eq!(list[0]["version_count"], 3);
     // The worker publishes a model's first version.
     assert_eq!(list[0]["published_version"], 1);
+    assert_eq!(list[0]["published_headline"]["metric"], "macro_f1");
 
     for n in 1..=3 {
         let r = action(&app, &owner, &format!("{base}/versions/{n}/publish")).await;

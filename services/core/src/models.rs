@@ -40,32 +40,48 @@ pub struct Model {
     /// Versions of any status.
     pub version_count: i64,
     pub latest_version: Option<i32>,
+    /// The published version's headline metric, tuned against baseline.
+    #[sqlx(skip)]
+    pub published_headline: Option<Headline>,
+    #[serde(skip)]
+    published_metrics: Option<Json<serde_json::Value>>,
+}
+
+impl Model {
+    fn with_headline(mut self) -> Model {
+        self.published_headline = self.published_metrics.take().map(|m| headline(&m.0));
+        self
+    }
 }
 
 const MODEL_COLUMNS: &str = "m.id, m.name, m.published_version, m.created_at,
     (SELECT count(*) FROM model_versions v WHERE v.model_id = m.id) AS version_count,
-    (SELECT max(version) FROM model_versions v WHERE v.model_id = m.id) AS latest_version";
+    (SELECT max(version) FROM model_versions v WHERE v.model_id = m.id) AS latest_version,
+    (SELECT metrics FROM model_versions v
+      WHERE v.model_id = m.id AND v.version = m.published_version) AS published_metrics";
 
 /// The organization's models, by name.
 #[tracing::instrument(skip(pool))]
 pub async fn list(pool: &PgPool, org: OrgId) -> sqlx::Result<Vec<Model>> {
-    sqlx::query_as(&format!(
+    let models: Vec<Model> = sqlx::query_as(&format!(
         "SELECT {MODEL_COLUMNS} FROM models m WHERE m.org_id = $1 ORDER BY m.name"
     ))
     .bind(org)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(models.into_iter().map(Model::with_headline).collect())
 }
 
 #[tracing::instrument(skip(pool))]
 pub async fn find(pool: &PgPool, org: OrgId, id: Uuid) -> sqlx::Result<Option<Model>> {
-    sqlx::query_as(&format!(
+    let model: Option<Model> = sqlx::query_as(&format!(
         "SELECT {MODEL_COLUMNS} FROM models m WHERE m.org_id = $1 AND m.id = $2"
     ))
     .bind(org)
     .bind(id)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(model.map(Model::with_headline))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
