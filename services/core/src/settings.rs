@@ -148,6 +148,22 @@ impl Default for ApplicationSettings {
 pub struct GatewaySettings {
     pub host: String,
     pub port: u16,
+    /// Memory budget of the model version cache (adapters and heads beside their shared
+    /// base checkpoints), in bytes.
+    pub cache_bytes: u64,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most items (rows) in one request.
+    pub max_items: usize,
+    /// Longest text of one input, in characters.
+    pub max_text_chars: usize,
+    /// Dynamic batching: most rows run together, and the longest wait for more.
+    pub batch_max_items: usize,
+    pub batch_wait_ms: u64,
+    /// Requests waiting for the inference thread; beyond it the gateway answers 429.
+    pub queue_capacity: usize,
+    /// How long an API key's grant is trusted before it is read again (revocation delay).
+    pub key_cache_seconds: u64,
 }
 
 impl Default for GatewaySettings {
@@ -155,6 +171,14 @@ impl Default for GatewaySettings {
         GatewaySettings {
             host: "127.0.0.1".into(),
             port: 8001,
+            cache_bytes: 512 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_items: 64,
+            max_text_chars: 10_000,
+            batch_max_items: 32,
+            batch_wait_ms: 5,
+            queue_capacity: 256,
+            key_cache_seconds: 2,
         }
     }
 }

@@ -1,15 +1,50 @@
-//! The inference gateway: `/v1` inference behind API keys (to come), and health endpoints.
+//! The inference gateway: `POST /v1/models/{model}/predict` behind API keys, its OpenAPI
+//! description, and health endpoints.
+//!
+//! A request is authenticated (grants cached for seconds), rate limited per key, resolved
+//! to a model version in the key's organization (the published one unless named), served
+//! from the model cache (one base checkpoint shared by many versions' adapters) through
+//! the dynamic batcher's inference thread, then metered and audited off the request path.
+
+pub mod batch;
+pub mod cache;
+pub mod error;
+pub mod keys;
+pub mod predict;
+pub mod rate;
 
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpResponse, HttpServer, dev::Server, get, web};
+use actix_web::{
+    App, HttpRequest, HttpResponse, HttpServer, ResponseError, dev::Server, get, post, web,
+};
 use anyhow::Context;
+use serde_json::{Value, json};
+use tailor_core::api_keys::{Action, KeyGrant};
 use tailor_core::{Settings, db, health, storage};
+use uuid::Uuid;
+
+use crate::batch::Batcher;
+use crate::cache::ModelCache;
+use crate::error::ApiError;
+use crate::keys::{Call, Grants, Meter};
+use crate::predict::{Limits, ModelRef};
+use crate::rate::RateLimiter;
+
+/// The OpenAPI 3.1 description of `/v1`.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 struct GatewayState {
     pool: sqlx::PgPool,
     store: storage::Store,
     settings: Settings,
+    grants: Grants,
+    limiter: RateLimiter,
+    meter: Meter,
+    cache: Arc<ModelCache>,
+    batcher: Batcher,
 }
 
 pub struct Application {
@@ -29,7 +64,20 @@ impl Application {
             )
         })?;
         let port = listener.local_addr()?.port();
+        let g = &settings.gateway;
         let state = web::Data::new(GatewayState {
+            grants: Grants::new(Duration::from_secs(g.key_cache_seconds)),
+            limiter: RateLimiter::default(),
+            meter: Meter::start(pool.clone()),
+            cache: Arc::new(ModelCache::new(
+                settings.jobs.assets_dir.clone(),
+                g.cache_bytes,
+            )),
+            batcher: Batcher::start(
+                g.queue_capacity,
+                g.batch_max_items,
+                Duration::from_millis(g.batch_wait_ms),
+            ),
             pool,
             store,
             settings,
@@ -37,8 +85,14 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(web::PathConfig::default().error_handler(|e, _| {
+                    actix_web::Error::from(ApiError::validation("model", e.to_string()))
+                }))
                 .service(healthz)
                 .service(readyz)
+                .service(openapi)
+                .service(predict_route)
+                .default_service(web::to(not_found))
         })
         .listen(listener)?
         .run();
@@ -58,7 +112,7 @@ impl Application {
 #[get("/healthz")]
 #[tracing::instrument]
 async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 #[get("/readyz")]
@@ -68,10 +122,131 @@ async fn readyz(state: web::Data<GatewayState>) -> HttpResponse {
     if readiness.ready {
         HttpResponse::Ok().json(readiness)
     } else {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({
+        HttpResponse::ServiceUnavailable().json(json!({
             "ready": false,
             "down": readiness.down(),
             "checks": readiness.checks,
         }))
     }
+}
+
+#[get("/v1/openapi.json")]
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::NotFound(format!(
+        "There is no route {} {}; see /v1/openapi.json.",
+        req.method(),
+        req.path()
+    ))
+    .error_response()
+}
+
+/// What one call did, for its usage and audit rows.
+#[derive(Default)]
+struct Outcome {
+    model_version_id: Option<Uuid>,
+    items: i64,
+    body: Option<Value>,
+}
+
+#[post("/v1/models/{model}/predict")]
+#[tracing::instrument(skip(state, req, payload), fields(key_id, model = %model))]
+async fn predict_route(
+    state: web::Data<GatewayState>,
+    req: HttpRequest,
+    model: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let started = Instant::now();
+    let grant = match state.grants.authenticate(&state.pool, &req).await {
+        Ok(grant) => grant,
+        Err(e) => return e.error_response(),
+    };
+    tracing::Span::current().record("key_id", tracing::field::display(grant.key_id));
+    let mut outcome = Outcome::default();
+    let response = match predict_call(&state, &grant, &model, payload, &mut outcome).await {
+        Ok(answer) => HttpResponse::Ok().json(answer),
+        Err(e) => e.error_response(),
+    };
+    state.meter.record(Call {
+        grant,
+        model_version_id: outcome.model_version_id,
+        route: req.path().to_owned(),
+        status: response.status().as_u16(),
+        items: outcome.items,
+        latency: started.elapsed(),
+        request_body: outcome.body,
+    });
+    response
+}
+
+async fn predict_call(
+    state: &GatewayState,
+    grant: &KeyGrant,
+    model: &str,
+    payload: web::Payload,
+    outcome: &mut Outcome,
+) -> Result<Value, ApiError> {
+    if let Some(per_minute) = grant.rate_limit_per_minute {
+        state
+            .limiter
+            .take(grant.key_id, per_minute.max(1) as u32)
+            .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    }
+    if !grant.actions.contains(&Action::Predict) {
+        return Err(ApiError::Scope(Action::Predict.as_str()));
+    }
+    let model = ModelRef::parse(model)?;
+    let limit = state.settings.gateway.max_body_bytes;
+    let body = payload
+        .to_bytes_limited(limit)
+        .await
+        .map_err(|_| {
+            ApiError::TooLarge(format!(
+                "The request body is larger than the limit of {limit} bytes."
+            ))
+        })?
+        .map_err(|e| {
+            ApiError::validation("", format!("The request body could not be read: {e}"))
+        })?;
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::validation("", format!("The body is not valid JSON: {e}")))?;
+    let (model_id, version) = predict::resolve(&state.pool, grant.org, &model).await?;
+    if !grant.allows(Action::Predict, model_id) {
+        // Outside the key's models: the same answer as a model that does not exist.
+        return Err(ApiError::NotFound(format!(
+            "There is no model named `{}`.",
+            model.name
+        )));
+    }
+    outcome.model_version_id = Some(version.id);
+    let loaded = state.cache.get(&state.store, grant.org, &version).await?;
+    let gateway = &state.settings.gateway;
+    let rows = predict::rows(
+        &body,
+        &loaded.input_names(),
+        Limits {
+            max_items: gateway.max_items,
+            max_text_chars: gateway.max_text_chars,
+        },
+    )?;
+    outcome.items = rows.len() as i64;
+    outcome.body = Some(body);
+    let answer = state
+        .batcher
+        .submit(loaded, rows)
+        .map_err(|_| ApiError::Busy { retry_after: 1 })?
+        .await
+        .context("the inference thread stopped")?
+        .context("predicting")?;
+    Ok(json!({
+        "model": model.name,
+        "version": version.version,
+        "predictions": answer.into_iter().map(predict::answer).collect::<Vec<_>>(),
+    }))
 }
