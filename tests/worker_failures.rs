@@ -676,3 +676,52 @@ async fn sigterm_lets_the_running_job_finish_within_the_grace_period() {
 
     delete_queues(&app.settings).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organization_at_its_quota_does_not_hold_up_another() {
+    let app = worker_support::spawn_worker_app_with(|s| {
+        s.jobs.worker_concurrency = 2;
+        s.jobs.org_concurrency = 1;
+    })
+    .await;
+    let busy = app.sign_up("busy@example.com").await;
+    let other = app.sign_up("other@example.com").await;
+    let busy_data = upload_dataset(&app, &busy, "drug-reviews", reviews_jsonl(6)).await;
+    let other_data = upload_dataset(&app, &other, "drug-reviews", reviews_jsonl(6)).await;
+    let first = submit(&app, &busy, classifier(1), busy_data).await;
+    let second = submit(&app, &busy, classifier(1), busy_data).await;
+    let theirs = submit(&app, &other, classifier(1), other_data).await;
+
+    for job in [first, second, theirs] {
+        assert_eq!(until_final(&app, job, 30).await, JobState::Succeeded);
+    }
+    // One of the busy organization's jobs waited for the other; the other organization's
+    // job ran beside the busy one meanwhile.
+    let mut waited = None;
+    for job in [first, second] {
+        let log = events(&app, job).await;
+        if log
+            .iter()
+            .any(|(k, d)| k == "log" && d["message"].as_str().is_some_and(|m| m.contains("limit")))
+        {
+            waited = Some(job);
+        }
+    }
+    let waited = waited.expect("a job of the busy organization waited for its quota");
+    let ran = if waited == first { second } else { first };
+    let times = |job| {
+        sqlx::query_as::<_, (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>(
+            "SELECT started_at, finished_at FROM jobs WHERE id = $1",
+        )
+        .bind(job)
+        .fetch_one(&app.pool)
+    };
+    let (ran_start, ran_end) = times(ran).await.unwrap();
+    let (waited_start, _) = times(waited).await.unwrap();
+    let (theirs_start, _) = times(theirs).await.unwrap();
+    assert!(waited_start >= ran_end, "the quota let both run at once");
+    assert!(theirs_start < ran_end, "the other organization waited");
+    assert!(theirs_start >= ran_start);
+
+    delete_queues(&app.settings).await;
+}

@@ -18,6 +18,11 @@ use crate::common::{Auth, Session, TestApp, spawn_app_with};
 
 /// An app whose jobs use their own queues, short leases and frequent checkpoints.
 pub async fn spawn_worker_app() -> TestApp {
+    spawn_worker_app_with(|_| {}).await
+}
+
+/// [`spawn_worker_app`] with `change` applied to its settings afterwards.
+pub async fn spawn_worker_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_with(|s| {
         s.rabbitmq.queue_prefix = format!("test-{}", Uuid::new_v4().simple());
         s.jobs.lease_seconds = 3;
@@ -26,6 +31,7 @@ pub async fn spawn_worker_app() -> TestApp {
         s.jobs.checkpoint_every = 2;
         s.jobs.max_attempts = 3;
         s.jobs.worker_concurrency = 1;
+        change(s);
     })
     .await
 }
