@@ -9,10 +9,14 @@
 //! DRUG_PER_CLASS=32 cargo run --release -p tailor-modules --example drugreview
 //! ```
 //!
-//! Knobs (environment): `DRUG_PER_CLASS` (seeded sample per class, 0 = all rows),
-//! `DRUG_EPOCHS` (3), `DRUG_MAX_TOKENS` (128), `DRUG_RANK` (8), `DRUG_TARGETS`
-//! (`query,value`), `DRUG_LR` (1e-3), `DRUG_HEAD_LR` (1e-2), `DRUG_TEST_ROWS` (0 = all), `DRUG_METRIC` (`loss`: picks
-//! the best epoch), `DRUG_VAL` (validation share, 0.2), `DRUG_OUT`.
+//! Knobs (environment); unset ones are the blueprint compiler's defaults, what a user
+//! gets: `DRUG_PER_CLASS` (seeded sample per class, 0 = all rows), `DRUG_SAMPLE_SEED` (7),
+//! `DRUG_SEED` (the blueprint's seed, 7), `DRUG_MAX_TOKENS` (128), `DRUG_EPOCHS`,
+//! `DRUG_BATCH`, `DRUG_LR`, `DRUG_HEAD_LR`, `DRUG_VAL` (validation share), `DRUG_WARMUP`,
+//! `DRUG_METRIC` and `DRUG_PATIENCE` (early stopping), `DRUG_RANK` (alpha = 2 × rank),
+//! `DRUG_TARGETS` (comma-separated), `DRUG_DROPOUT`, `DRUG_METHOD` (`none`: the baseline
+//! alone), `DRUG_TEST_ROWS` (0 = all),
+//! `DRUG_OUT` (write the model version there). The last line (`RESULT …`) sums up the run.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -56,23 +60,67 @@ fn sample(data: &Examples, per_class: usize, seed: u64) -> Examples {
     data.subset(&keep)
 }
 
+/// The value of `name` when it is set (and parses).
+fn knob<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn main() -> anyhow::Result<()> {
     let assets = PathBuf::from(
         std::env::var("TAILOR_ASSETS").unwrap_or_else(|_| "/var/tmp/tailor-assets".into()),
     );
     let per_class: usize = env("DRUG_PER_CLASS", 0);
-    let epochs: usize = env("DRUG_EPOCHS", 3);
     let max_tokens: usize = env("DRUG_MAX_TOKENS", 128);
-    let rank: usize = env("DRUG_RANK", 8);
-    let lr: f64 = env("DRUG_LR", 1e-3);
-    let head_lr: f64 = env("DRUG_HEAD_LR", 1e-2);
-    let metric: String = env("DRUG_METRIC", "loss".to_string());
-    let val: f64 = env("DRUG_VAL", 0.2);
     let test_rows: usize = env("DRUG_TEST_ROWS", 0);
-    let targets: Vec<String> = env("DRUG_TARGETS", "query,value".to_string())
-        .split(',')
-        .map(String::from)
-        .collect();
+    let sample_seed: u64 = env("DRUG_SAMPLE_SEED", 7);
+
+    // Only the knobs that are set go into the blueprint: the rest are the compiler's
+    // defaults, what every user gets.
+    let mut adaptation = serde_json::Map::new();
+    if let Some(rank) = knob::<usize>("DRUG_RANK") {
+        adaptation.insert("rank".into(), rank.into());
+        adaptation.insert("alpha".into(), (2 * rank).into());
+    }
+    if let Some(targets) = knob::<String>("DRUG_TARGETS") {
+        adaptation.insert(
+            "targets".into(),
+            targets.split(',').collect::<Vec<_>>().into(),
+        );
+    }
+    if let Some(method) = knob::<String>("DRUG_METHOD") {
+        adaptation.insert("method".into(), method.into());
+    }
+    if let Some(dropout) = knob::<f64>("DRUG_DROPOUT") {
+        adaptation.insert("dropout".into(), dropout.into());
+    }
+    let mut training = serde_json::Map::new();
+    training.insert("seed".into(), env("DRUG_SEED", 7u64).into());
+    for (var, field) in [
+        ("DRUG_EPOCHS", "epochs"),
+        ("DRUG_BATCH", "batch_size"),
+        ("DRUG_LR", "learning_rate"),
+        ("DRUG_HEAD_LR", "head_learning_rate"),
+        ("DRUG_VAL", "validation_split"),
+        ("DRUG_WARMUP", "warmup_ratio"),
+    ] {
+        if let Some(v) = knob::<f64>(var) {
+            let v = if matches!(field, "epochs" | "batch_size") {
+                serde_json::Value::from(v as i64)
+            } else {
+                v.into()
+            };
+            training.insert(field.into(), v);
+        }
+    }
+    let metric = knob::<String>("DRUG_METRIC");
+    let patience = knob::<usize>("DRUG_PATIENCE");
+    if metric.is_some() || patience.is_some() {
+        training.insert(
+            "early_stopping".into(),
+            serde_json::json!({ "metric": metric.unwrap_or_else(|| "macro_f1".into()),
+                                "patience": patience.unwrap_or(3) }),
+        );
+    }
 
     let bp: Blueprint = serde_json::from_value(serde_json::json!({
         "name": "drug-review-sentiment",
@@ -80,10 +128,8 @@ fn main() -> anyhow::Result<()> {
                      "encoder": { "module": "text/minilm-l6", "max_tokens": max_tokens } }],
         "outputs": [{ "name": "rating", "task": "classification",
                       "decoder": { "module": "head/linear" } }],
-        "adaptation": { "rank": rank, "alpha": 2 * rank, "dropout": 0.05, "targets": targets },
-        "training": { "epochs": epochs, "batch_size": 16, "learning_rate": lr,
-                      "head_learning_rate": head_lr, "seed": 7, "validation_split": val,
-                      "early_stopping": { "metric": metric, "patience": 0 } } }))?;
+        "adaptation": adaptation,
+        "training": training }))?;
     let schema = DatasetSchema::new([
         ("review", ColumnType::Text),
         ("rating", ColumnType::Category),
@@ -108,18 +154,35 @@ fn main() -> anyhow::Result<()> {
     let test_records =
         package::read_table("drugsComTest.tsv", &String::from_utf8_lossy(&test_bytes))?;
     let all = package::examples_from_table(&compiled, &train_records, None)?;
-    let data = sample(&all, per_class, 7);
+    let data = sample(&all, per_class, sample_seed);
     let mut test = package::examples_from_table(&compiled, &test_records, Some(&all.labels))?;
     if test_rows > 0 {
         test.rows.truncate(test_rows);
     }
+    let t = &compiled.training;
+    let lora = compiled.adaptation.as_ref();
     println!(
-        "drug reviews: {} training rows (of {}), {} test rows, labels {:?}; max_tokens {max_tokens}, rank {rank}, targets {:?}, {epochs} epochs, lr {lr}",
+        "drug reviews: {} training rows (of {}), {} test rows, labels {:?}; max_tokens {max_tokens}, rank {:?}, targets {:?}, {} epochs, lr {} / head {}, val {}, {} patience {}, seed {}",
         data.rows.len(),
         all.rows.len(),
         test.rows.len(),
         all.labels[0],
-        compiled.adaptation.as_ref().map(|a| a.targets.clone())
+        lora.map(|a| a.rank),
+        lora.map(|a| a.targets.clone()),
+        t.epochs.map_or_else(
+            || {
+                // Scaled to the rows left after the validation carve.
+                let val = (data.rows.len() as f64 * t.validation_split).round() as usize;
+                format!("auto ({})", t.epochs_for(data.rows.len() - val))
+            },
+            |e| e.to_string()
+        ),
+        t.learning_rate,
+        t.head_learning_rate,
+        t.validation_split,
+        t.early_stopping.metric,
+        t.early_stopping.patience,
+        t.seed,
     );
 
     let factory =
@@ -156,6 +219,23 @@ fn main() -> anyhow::Result<()> {
     println!(
         "\n{}wall time {:.0}s",
         package::report_table(&report),
+        start.elapsed().as_secs_f64()
+    );
+    let out = &report.outputs[0];
+    let acc = |m: &tailor_modules::metrics::Metrics| m.get("accuracy").unwrap_or(f64::NAN);
+    println!(
+        "RESULT rows={} seed={} tuned_f1={:.3} baseline_f1={:.3} gain={:+.3} tuned_acc={:.3} baseline_acc={:.3} tuned_best_epoch={:?}/{} baseline_best_epoch={:?}/{} secs={:.0}",
+        data.rows.len(),
+        t.seed,
+        out.tuned_value,
+        out.baseline_value,
+        out.gain,
+        acc(&out.tuned),
+        acc(&out.baseline),
+        report.tuned_run.best_epoch,
+        report.tuned_run.epochs_run,
+        report.baseline_run.best_epoch,
+        report.baseline_run.epochs_run,
         start.elapsed().as_secs_f64()
     );
     if let Ok(out) = std::env::var("DRUG_OUT") {
