@@ -162,6 +162,18 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "model_compare.html",
         include_str!("../../../templates/model_compare.html"),
     ),
+    (
+        "api_keys.html",
+        include_str!("../../../templates/api_keys.html"),
+    ),
+    (
+        "api_keys_key.html",
+        include_str!("../../../templates/api_keys_key.html"),
+    ),
+    (
+        "api_keys_audit.html",
+        include_str!("../../../templates/api_keys_audit.html"),
+    ),
 ];
 
 pub struct Templates {

@@ -1,5 +1,6 @@
 //! Routes, one file per resource. Handlers parse input, call `tailor_core`, and answer.
 
+pub mod api_keys;
 pub mod assets;
 pub mod blueprints;
 pub mod datasets;
@@ -32,6 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(blueprints::configure_api)
                 .configure(jobs::configure_api)
                 .configure(models::configure_api)
+                .configure(api_keys::configure_api)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(Error::NotFound)
                 })),
@@ -43,7 +45,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(datasets::configure_pages)
         .configure(blueprints::configure_pages)
         .configure(jobs::configure_pages)
-        .configure(models::configure_pages);
+        .configure(models::configure_pages)
+        .configure(api_keys::configure_pages);
 }
 
 /// Malformed JSON bodies answer with our error shape, naming the problem generically.
