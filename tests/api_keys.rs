@@ -712,3 +712,101 @@ async fn usage_is_charted_exported_and_calls_are_audited() {
         .unwrap();
     assert!(html.contains("nope") && html.contains("secret text"));
 }
+
+#[tokio::test]
+async fn batched_usage_audit_and_last_use_add_up() {
+    let app = spawn_app().await;
+    let owner = app.sign_up("owner@a.example").await;
+    let (_, version) = model_with_version(&app, owner.org_id, "clauses").await;
+    let (a_id, a) = create_key(
+        &app,
+        &owner,
+        json!({ "name": "a", "models": "all", "actions": ["predict"] }),
+    )
+    .await;
+    let (b_id, b) = create_key(
+        &app,
+        &owner,
+        json!({ "name": "b", "models": "all", "actions": ["predict"] }),
+    )
+    .await;
+    let a = api_keys::authenticate(&app.pool, &a).await.unwrap();
+    let b = api_keys::authenticate(&app.pool, &b).await.unwrap();
+
+    let mut batch = api_keys::UsageBatch::new();
+    for i in 0..10 {
+        batch.add(
+            &a,
+            Some(version),
+            2,
+            0,
+            i == 0,
+            Duration::from_millis(10 + i),
+        );
+    }
+    batch.add(&a, None, 0, 0, true, Duration::from_millis(1));
+    batch.add(&b, Some(version), 1, 7, false, Duration::from_millis(5));
+    assert_eq!(batch.calls(), 12);
+    batch.flush(&app.pool).await.unwrap();
+    assert!(batch.is_empty());
+    // A second flush adds to the same rows.
+    batch.add(&a, Some(version), 2, 0, false, Duration::from_millis(100));
+    batch.flush(&app.pool).await.unwrap();
+
+    let sums: Vec<(Uuid, Option<Uuid>, i64, i64, i64, i64, i64, i32)> = sqlx::query_as(
+        "SELECT key_id, model_version_id, sum(requests)::bigint, sum(items)::bigint,
+                sum(tokens)::bigint, sum(errors)::bigint, sum(latency_ms_sum)::bigint,
+                max(latency_ms_max)
+         FROM api_key_usage GROUP BY 1, 2 ORDER BY 1, 2 NULLS FIRST",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut expected = vec![
+        (a_id, None, 1, 0, 0, 1, 1, 1),
+        (a_id, Some(version), 11, 22, 0, 1, 245, 100),
+        (b_id, Some(version), 1, 1, 7, 0, 5, 5),
+    ];
+    expected.sort_by_key(|r| (r.0, r.1.is_some()));
+    assert_eq!(sums, expected);
+
+    let body = json!({ "inputs": ["x"] });
+    let record = |grant: &api_keys::KeyGrant, status| api_keys::AuditRecord {
+        org: grant.org,
+        key_id: grant.key_id,
+        model_version_id: Some(version),
+        route: "/v1/models/clauses/predict".into(),
+        status,
+        at: chrono::Utc::now(),
+        request_body: Some(body.clone()),
+    };
+    api_keys::audit_many(&app.pool, &[record(&a, 200), record(&b, 429)])
+        .await
+        .unwrap();
+    api_keys::set_audit_request_bodies(&app.pool, a.org, true)
+        .await
+        .unwrap();
+    api_keys::audit_many(&app.pool, &[record(&a, 200)])
+        .await
+        .unwrap();
+    let rows: Vec<(i32, Option<Value>)> =
+        sqlx::query_as("SELECT status, request_body FROM audit_log ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [(200, None), (429, None), (200, Some(body.clone()))],
+        "bodies only once turned on"
+    );
+
+    api_keys::touch_last_used_many(&app.pool, &[a_id, b_id, a_id])
+        .await
+        .unwrap();
+    let used: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE last_used_at IS NOT NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(used, 2);
+}

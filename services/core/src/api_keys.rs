@@ -23,6 +23,9 @@
 //! api_keys::record_usage(&pool, &grant, Some(version_id), items, tokens, is_error, elapsed).await?;
 //! api_keys::audit(&pool, &grant, Some(version_id), "/v1/models/x/predict", 200, Some(&body)).await?;
 //! ```
+//! A busy gateway should not run three statements per call: it can collect calls and
+//! write them every second or so with [`UsageBatch`] (`add` per call, `flush` once),
+//! [`audit_many`] and [`touch_last_used_many`] — one statement each per flush.
 //!
 //! # Revocation contract
 //! A revoked (or expired) key must stop working on every gateway within seconds. The
@@ -438,6 +441,216 @@ pub async fn audit(
     .bind(route)
     .bind(i32::from(status))
     .bind(request_body)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Usage of many calls, summed in memory per key, model version and minute, then written
+/// with one statement: a busy gateway adds each call here and flushes every second or so
+/// instead of running one upsert per call.
+#[derive(Debug, Default)]
+pub struct UsageBatch {
+    rows: HashMap<(Uuid, Option<Uuid>, DateTime<Utc>), UsageSums>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct UsageSums {
+    org: Option<OrgId>,
+    requests: i64,
+    items: i64,
+    tokens: i64,
+    errors: i64,
+    latency_ms_sum: i64,
+    latency_ms_max: i32,
+}
+
+impl UsageBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one call, in the minute it happened (now).
+    pub fn add(
+        &mut self,
+        grant: &KeyGrant,
+        model_version_id: Option<Uuid>,
+        items: i64,
+        tokens: i64,
+        error: bool,
+        latency: Duration,
+    ) {
+        let now = Utc::now();
+        let minute =
+            DateTime::from_timestamp(now.timestamp().div_euclid(60) * 60, 0).unwrap_or(now);
+        let latency_ms = i32::try_from(latency.as_millis()).unwrap_or(i32::MAX);
+        let sums = self
+            .rows
+            .entry((grant.key_id, model_version_id, minute))
+            .or_default();
+        sums.org = Some(grant.org);
+        sums.requests += 1;
+        sums.items += items;
+        sums.tokens += tokens;
+        sums.errors += i64::from(error);
+        sums.latency_ms_sum += i64::from(latency_ms);
+        sums.latency_ms_max = sums.latency_ms_max.max(latency_ms);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Calls added since the last flush.
+    pub fn calls(&self) -> i64 {
+        self.rows.values().map(|s| s.requests).sum()
+    }
+
+    /// Adds everything to `api_key_usage` in one statement and empties the batch. On an
+    /// error the batch keeps its sums, so the caller may try again.
+    #[tracing::instrument(skip_all, fields(rows = self.rows.len()))]
+    pub async fn flush(&mut self, pool: &PgPool) -> sqlx::Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let n = self.rows.len();
+        let (mut keys, mut orgs, mut versions, mut minutes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut requests, mut items, mut tokens, mut errors, mut sums, mut maxes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((key, version, minute), s) in &self.rows {
+            keys.push(*key);
+            orgs.push(s.org.map(|o| o.0).unwrap_or_default());
+            versions.push(*version);
+            minutes.push(*minute);
+            requests.push(s.requests);
+            items.push(s.items);
+            tokens.push(s.tokens);
+            errors.push(s.errors);
+            sums.push(s.latency_ms_sum);
+            maxes.push(s.latency_ms_max);
+        }
+        sqlx::query(
+            "INSERT INTO api_key_usage AS u
+                 (key_id, org_id, model_version_id, minute, requests, items, tokens, errors,
+                  latency_ms_sum, latency_ms_max)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[],
+                                  $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[],
+                                  $9::bigint[], $10::int[])
+             ON CONFLICT (key_id, model_version_id, minute) DO UPDATE SET
+                 requests = u.requests + EXCLUDED.requests,
+                 items = u.items + EXCLUDED.items,
+                 tokens = u.tokens + EXCLUDED.tokens,
+                 errors = u.errors + EXCLUDED.errors,
+                 latency_ms_sum = u.latency_ms_sum + EXCLUDED.latency_ms_sum,
+                 latency_ms_max = greatest(u.latency_ms_max, EXCLUDED.latency_ms_max)",
+        )
+        .bind(&keys)
+        .bind(&orgs)
+        .bind(&versions)
+        .bind(&minutes)
+        .bind(&requests)
+        .bind(&items)
+        .bind(&tokens)
+        .bind(&errors)
+        .bind(&sums)
+        .bind(&maxes)
+        .execute(pool)
+        .await?;
+        self.rows.clear();
+        Ok(())
+    }
+}
+
+/// One gateway call for [`audit_many`].
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub org: OrgId,
+    pub key_id: Uuid,
+    pub model_version_id: Option<Uuid>,
+    pub route: String,
+    pub status: u16,
+    pub at: DateTime<Utc>,
+    /// Kept only when the organization has `audit_request_bodies` on.
+    pub request_body: Option<serde_json::Value>,
+}
+
+/// Writes many audit entries in one statement (same rules as [`audit`]).
+#[tracing::instrument(skip_all, fields(entries = records.len()))]
+pub async fn audit_many(pool: &PgPool, records: &[AuditRecord]) -> sqlx::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let orgs: Vec<Uuid> = records.iter().map(|r| r.org.0).collect();
+    let keys: Vec<Uuid> = records.iter().map(|r| r.key_id).collect();
+    let versions: Vec<Option<Uuid>> = records.iter().map(|r| r.model_version_id).collect();
+    let routes: Vec<&str> = records.iter().map(|r| r.route.as_str()).collect();
+    let statuses: Vec<i32> = records.iter().map(|r| i32::from(r.status)).collect();
+    let ats: Vec<DateTime<Utc>> = records.iter().map(|r| r.at).collect();
+    // Bodies travel as text (NULL for none): jsonb arrays of NULLs bind awkwardly.
+    let bodies: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.request_body.as_ref().map(|b| b.to_string()))
+        .collect();
+    sqlx::query(
+        "INSERT INTO audit_log (org_id, key_id, model_version_id, route, status, at, request_body)
+         SELECT c.org_id, c.key_id, c.version, c.route, c.status, c.at,
+                CASE WHEN o.audit_request_bodies THEN c.body::jsonb END
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int[],
+                     $6::timestamptz[], $7::text[])
+              AS c (org_id, key_id, version, route, status, at, body)
+         JOIN orgs o ON o.id = c.org_id",
+    )
+    .bind(&orgs)
+    .bind(&keys)
+    .bind(&versions)
+    .bind(&routes)
+    .bind(&statuses)
+    .bind(&ats)
+    .bind(&bodies)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// [`touch_last_used`] for many keys in one statement (same per-process throttle).
+#[tracing::instrument(skip_all)]
+pub async fn touch_last_used_many(pool: &PgPool, key_ids: &[Uuid]) -> sqlx::Result<()> {
+    let due: Vec<Uuid> = {
+        let mut touched = LAST_TOUCH.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for id in key_ids {
+            if touched
+                .get(id)
+                .is_some_and(|at| now.duration_since(*at) < LAST_USED_INTERVAL)
+            {
+                continue;
+            }
+            touched.insert(*id, now);
+            due.push(*id);
+        }
+        due
+    };
+    if due.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE api_keys SET last_used_at = now()
+         WHERE id = ANY($1)
+           AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+    )
+    .bind(&due)
     .execute(pool)
     .await?;
     Ok(())
