@@ -713,6 +713,9 @@ async fn usage_is_charted_exported_and_calls_are_audited() {
     assert!(html.contains("nope") && html.contains("secret text"));
 }
 
+/// key, version, requests, items, tokens, errors, latency sum, latency max
+type UsageSums = (Uuid, Option<Uuid>, i64, i64, i64, i64, i64, i32);
+
 #[tokio::test]
 async fn batched_usage_audit_and_last_use_add_up() {
     let app = spawn_app().await;
@@ -753,7 +756,7 @@ async fn batched_usage_audit_and_last_use_add_up() {
     batch.add(&a, Some(version), 2, 0, false, Duration::from_millis(100));
     batch.flush(&app.pool).await.unwrap();
 
-    let sums: Vec<(Uuid, Option<Uuid>, i64, i64, i64, i64, i64, i32)> = sqlx::query_as(
+    let sums: Vec<UsageSums> = sqlx::query_as(
         "SELECT key_id, model_version_id, sum(requests)::bigint, sum(items)::bigint,
                 sum(tokens)::bigint, sum(errors)::bigint, sum(latency_ms_sum)::bigint,
                 max(latency_ms_max)
