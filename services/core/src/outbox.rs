@@ -110,9 +110,16 @@ impl Publisher {
         queue::declare(&self.channel, &self.topology, self.delivery_limit).await
     }
 
+    /// Closes the channel and the connection, giving a broker that does not answer (one
+    /// that is shutting down, or stuck) a few seconds at most.
     pub async fn close(self) {
-        self.channel.close(200, "relay done").await.ok();
-        self.connection.close(200, "relay done").await.ok();
+        let wait = Duration::from_secs(5);
+        tokio::time::timeout(wait, self.channel.close(200, "relay done"))
+            .await
+            .ok();
+        tokio::time::timeout(wait, self.connection.close(200, "relay done"))
+            .await
+            .ok();
     }
 
     /// Publishes up to `limit` pending rows in one transaction and marks the confirmed
@@ -184,8 +191,10 @@ impl Publisher {
         }
 
         let mut confirmed = Vec::with_capacity(sent.len());
+        // One deadline for the whole batch, not one per message.
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         for (id, confirm) in sent {
-            match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            match tokio::time::timeout_at(deadline, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => confirmed.push(id),
                 Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
                     report.returned += 1;
