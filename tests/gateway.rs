@@ -384,6 +384,53 @@ async fn the_gateway_serves_tuned_versions_like_the_ml_core_behind_api_keys() {
         "request bodies are not kept unless the organization asks"
     );
 
+    // A gateway whose cache holds one version at a time: versions are evicted and loaded
+    // again from the store, answering the same.
+    let mut small = app.settings.clone();
+    small.gateway.cache_bytes = 1;
+    let tight = tailor_gateway::Application::build(small).await.unwrap();
+    let tight_address = format!("http://127.0.0.1:{}", tight.port());
+    tokio::spawn(tight.run_until_stopped());
+    for (name, want) in [
+        ("review-rating@1", &v1),
+        ("review-rating@2", &v2),
+        ("review-rating@1", &v1),
+    ] {
+        let response = call(&tight_address, Some(&key), name, &items(&TEXTS)).await;
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+        let body: Value = response.json().await.unwrap();
+        assert_same_predictions(&body["predictions"], want);
+    }
+    // Version 2 (evicted) changed in the store: refused against its manifest, not served.
+    let prefix: String = sqlx::query_scalar(
+        "SELECT object_prefix FROM model_versions WHERE model_id = $1 AND version = 2",
+    )
+    .bind(model)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let heads = app
+        .settings
+        .object_store
+        .local_root
+        .join(&prefix)
+        .join("heads.json");
+    let mut bytes = std::fs::read(&heads).unwrap();
+    bytes.push(b' ');
+    std::fs::write(&heads, bytes).unwrap();
+    assert_error(
+        call(
+            &tight_address,
+            Some(&key),
+            "review-rating@2",
+            &items(&TEXTS),
+        )
+        .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "model_unavailable",
+    )
+    .await;
+
     delete_queues(&app.settings).await;
 }
 
