@@ -398,6 +398,70 @@ async fn scopes_limit_models_and_actions() {
         fields,
         ["name", "actions[0]", "models", "rate_limit_per_minute"]
     );
+
+    // The page form answers 422 with the problems beside the form, keeps what was
+    // entered, and creates nothing.
+    let form = app
+        .request(
+            reqwest::Method::POST,
+            "/api-keys",
+            &Auth::SessionNoCsrf(&owner),
+        )
+        .form(&[
+            ("csrf_token", owner.csrf.as_str()),
+            ("name", "partner portal"),
+            ("models", "some"),
+            (&format!("model:{m2}"), "on"),
+            ("rate_limit_per_minute", "lots"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = form.text().await.unwrap();
+    assert!(html.contains("rate_limit_per_minute"), "names the field");
+    assert!(html.contains("value=\"partner portal\""), "keeps the name");
+    assert!(
+        html.contains(&format!("name=\"model:{m2}\" checked")),
+        "keeps the model"
+    );
+    assert!(!html.contains("value=\"tlr_"));
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+
+    // A form with models and actions ticked creates a scoped key.
+    let form = app
+        .request(
+            reqwest::Method::POST,
+            "/api-keys",
+            &Auth::SessionNoCsrf(&owner),
+        )
+        .form(&[
+            ("csrf_token", owner.csrf.as_str()),
+            ("name", "partner portal"),
+            ("models", "some"),
+            (&format!("model:{m2}"), "on"),
+            ("action:embed", "on"),
+            ("expires_on", "2999-12-31"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::CREATED);
+    let html = form.text().await.unwrap();
+    let start = html.find("value=\"tlr_").unwrap() + 7;
+    let grant = api_keys::authenticate(&app.pool, &html[start..start + api_keys::KEY_LEN])
+        .await
+        .unwrap();
+    assert_eq!(grant.models, Some(vec![m2]));
+    assert_eq!(grant.actions, [Action::Embed]);
+    assert_eq!(
+        grant.expires_at.unwrap().to_rfc3339(),
+        "2999-12-31T23:59:59+00:00"
+    );
 }
 
 #[tokio::test]

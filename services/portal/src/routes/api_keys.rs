@@ -505,6 +505,8 @@ fn chart(
     const WIDTH: u32 = 720;
     const HEIGHT: u32 = 200;
     const PAD: f64 = 8.0;
+    // Room above the top line for its label.
+    const TOP: f64 = 16.0;
     let buckets = (span.num_minutes() / i64::from(bucket)).max(1) as usize;
     let mut requests = vec![0i64; buckets + 1];
     let mut errors = vec![0i64; buckets + 1];
@@ -517,7 +519,7 @@ fn chart(
     let max = requests.iter().copied().max().unwrap_or(0).max(1);
     let x = |i: usize| PAD + (f64::from(WIDTH) - 2.0 * PAD) * i as f64 / buckets as f64;
     let y =
-        |v: i64| f64::from(HEIGHT) - PAD - (f64::from(HEIGHT) - 2.0 * PAD) * v as f64 / max as f64;
+        |v: i64| f64::from(HEIGHT) - PAD - (f64::from(HEIGHT) - PAD - TOP) * v as f64 / max as f64;
     let line = |values: &[i64]| {
         values
             .iter()
