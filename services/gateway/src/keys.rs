@@ -1,14 +1,16 @@
 //! API keys at the gateway: grants cached for a few seconds (so a revocation takes effect
-//! within them), and usage and audit rows written off the request path.
+//! within them), and usage and audit rows written off the request path, in batches.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tailor_core::api_keys::{self, ApiKey, GRANT_CACHE_TTL, KeyError, KeyGrant};
+use tailor_core::api_keys::{
+    self, ApiKey, AuditRecord, GRANT_CACHE_TTL, KeyError, KeyGrant, UsageBatch,
+};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -85,12 +87,18 @@ pub struct Call {
     pub status: u16,
     pub items: i64,
     pub latency: Duration,
+    pub at: DateTime<Utc>,
     pub request_body: Option<serde_json::Value>,
 }
 
-/// Writes usage, audit and last use from a task of its own, so that the database writes
-/// do not slow answers. When far behind it drops calls (and says so in the log) rather
-/// than holding memory without bound.
+/// Most calls written in one flush, and the longest a call waits to be written.
+const FLUSH_CALLS: usize = 1_000;
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// Writes usage, audit and last use from a task of its own, a batch of calls at a time
+/// (one statement each per flush), so that database writes do not slow answers. When far
+/// behind it drops calls (and says so in the log) rather than holding memory without
+/// bound.
 #[derive(Clone)]
 pub struct Meter {
     calls: mpsc::Sender<Call>,
@@ -100,8 +108,17 @@ impl Meter {
     pub fn start(pool: PgPool) -> Self {
         let (calls, mut receiver) = mpsc::channel::<Call>(10_000);
         tokio::spawn(async move {
-            while let Some(call) = receiver.recv().await {
-                write(&pool, call).await;
+            let mut usage = UsageBatch::new();
+            while let Some(first) = receiver.recv().await {
+                let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
+                let mut batch = vec![first];
+                while batch.len() < FLUSH_CALLS {
+                    match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                        Ok(Some(call)) => batch.push(call),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                write(&pool, batch, &mut usage).await;
             }
         });
         Self { calls }
@@ -114,34 +131,40 @@ impl Meter {
     }
 }
 
-async fn write(pool: &PgPool, call: Call) {
-    let error = call.status >= 400;
-    if let Err(e) = api_keys::touch_last_used(pool, call.grant.key_id).await {
-        tracing::warn!(error = %e, "recording a key's last use");
+async fn write(pool: &PgPool, calls: Vec<Call>, usage: &mut UsageBatch) {
+    let mut keys: Vec<Uuid> = calls.iter().map(|c| c.grant.key_id).collect();
+    keys.sort();
+    keys.dedup();
+    if let Err(e) = api_keys::touch_last_used_many(pool, &keys).await {
+        tracing::warn!(error = %e, "recording keys' last use");
     }
-    if let Err(e) = api_keys::record_usage(
-        pool,
-        &call.grant,
-        call.model_version_id,
-        call.items,
-        0,
-        error,
-        call.latency,
-    )
-    .await
-    {
-        tracing::warn!(error = %e, "recording usage");
+    for call in &calls {
+        usage.add(
+            &call.grant,
+            call.model_version_id,
+            call.items,
+            0,
+            call.status >= 400,
+            call.latency,
+        );
     }
-    if let Err(e) = api_keys::audit(
-        pool,
-        &call.grant,
-        call.model_version_id,
-        &call.route,
-        call.status,
-        call.request_body.as_ref(),
-    )
-    .await
-    {
-        tracing::warn!(error = %e, "writing the audit log");
+    // On an error the batch keeps its sums and the next flush tries again.
+    if let Err(e) = usage.flush(pool).await {
+        tracing::warn!(error = %e, calls = usage.calls(), "recording usage; will retry");
+    }
+    let records: Vec<AuditRecord> = calls
+        .into_iter()
+        .map(|c| AuditRecord {
+            org: c.grant.org,
+            key_id: c.grant.key_id,
+            model_version_id: c.model_version_id,
+            route: c.route,
+            status: c.status,
+            at: c.at,
+            request_body: c.request_body,
+        })
+        .collect();
+    if let Err(e) = api_keys::audit_many(pool, &records).await {
+        tracing::warn!(error = %e, entries = records.len(), "writing the audit log; entries lost");
     }
 }

@@ -180,6 +180,7 @@ async fn predict_route(
         status: response.status().as_u16(),
         items: outcome.items,
         latency: started.elapsed(),
+        at: chrono::Utc::now(),
         request_body: outcome.body,
     });
     response
