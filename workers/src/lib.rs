@@ -15,9 +15,10 @@
 //!   (A nack with requeue would spin between workers and, on a quorum queue, count
 //!   against the delivery limit and so end in the dead-letter queue.)
 //! - **Concurrency**: prefetch is `jobs.worker_concurrency`, and as many jobs train at
-//!   once. A delivery that arrives while every slot is busy waits, unacked, for a slot
-//!   (so up to `worker_concurrency` messages wait at a busy worker instead of at an idle
-//!   one; on shutdown they go back to the queue unclaimed).
+//!   once. When every slot is busy the worker cancels its consumer (and consumes again
+//!   once a slot frees), so that waiting messages stay in the queue for idle workers
+//!   instead of waiting, unacked, at a busy one. A delivery that raced the cancel is
+//!   acked and its job deferred, like a quota deferral.
 //! - **Poison jobs**: a failed attempt puts the job back to `queued` with its error and a
 //!   new message; the delivery after the last attempt fails the job ("gave up after N
 //!   attempts: …") and is rejected without requeue, into the dead-letter queue. A worker
@@ -41,6 +42,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::{FutureExt, StreamExt};
+use lapin::Consumer;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     BasicRejectOptions, QueueDeclareOptions,
@@ -50,7 +52,7 @@ use sqlx::PgPool;
 use tailor_core::jobs::{self, ClaimOutcome, ClaimRequest, JobMessage, ReapPolicy};
 use tailor_core::storage::{self, Store};
 use tailor_core::{Settings, db, queue};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -165,7 +167,7 @@ impl Worker {
                 c = queue::connect_with_retry(&settings.rabbitmq) => c,
                 _ = &mut shutdown => break 'connect,
             };
-            let consumer = async {
+            let channel = async {
                 let channel = connection.create_channel().await?;
                 channel
                     .basic_qos(
@@ -174,42 +176,59 @@ impl Worker {
                     )
                     .await?;
                 queue::declare(&channel, &topology, queue::delivery_limit(&settings.jobs)).await?;
-                let consumer = channel
-                    .basic_consume(
-                        &topology.queue,
-                        &shared.name,
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                anyhow::Ok((channel, consumer))
+                anyhow::Ok(channel)
             }
             .await;
-            let (channel, mut consumer) = match consumer {
+            let channel = match channel {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "starting the consumer; retrying");
+                    tracing::warn!(error = %format!("{e:#}"), "opening the channel; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue 'connect;
                 }
             };
-            tracing::info!(queue = %topology.queue, worker = %shared.name, "consuming");
+            tracing::info!(queue = %topology.queue, worker = %shared.name, "connected to the broker");
+            // `None` while every slot is busy: the consumer is cancelled until one frees,
+            // so that waiting messages stay in the queue for idle workers. (Jobs that kept
+            // training through a reconnect still hold their slots.)
+            let mut consumer: Option<Consumer> = None;
             let mut idle = tokio::time::interval(Duration::from_millis(500));
             let mut quiet_ticks = 0;
             loop {
+                if consumer.is_none() && slots.available_permits() > 0 {
+                    match start_consumer(&channel, &topology.queue, &shared.name).await {
+                        Ok(c) => consumer = Some(c),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "starting the consumer; reconnecting");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue 'connect;
+                        }
+                    }
+                }
                 tokio::select! {
                     biased;
                     _ = &mut shutdown => {
                         stopping = true;
-                        let _ = channel
-                            .basic_cancel(&shared.name, BasicCancelOptions::default())
-                            .await;
                         break;
                     }
-                    delivery = consumer.next() => match delivery {
+                    delivery = next_delivery(&mut consumer) => match delivery {
                         Some(Ok(delivery)) => {
                             quiet_ticks = 0;
-                            tasks.spawn(handle(shared.clone(), slots.clone(), delivery));
+                            let slot = slots.clone().try_acquire_owned().ok();
+                            tasks.spawn(handle(shared.clone(), delivery, slot));
+                            if slots.available_permits() == 0
+                                && let Some(mut full) = consumer.take()
+                            {
+                                let _ = channel
+                                    .basic_cancel(&shared.name, BasicCancelOptions::default())
+                                    .await;
+                                // Deliveries sent before the cancel was confirmed are
+                                // buffered: hand them back (deferred) rather than keep
+                                // them here.
+                                while let Some(Some(Ok(extra))) = full.next().now_or_never() {
+                                    tasks.spawn(handle(shared.clone(), extra, None));
+                                }
+                            }
                         }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "the broker connection failed; reconnecting");
@@ -226,7 +245,8 @@ impl Worker {
                         }
                     }
                     _ = idle.tick() => {
-                        // A dead connection does not always end the consumer stream.
+                        // A dead connection does not always end the consumer stream (and a
+                        // paused worker has none).
                         if !connection.status().connected() {
                             tracing::warn!("the broker connection is closed; reconnecting");
                             continue 'connect;
@@ -242,23 +262,25 @@ impl Worker {
                         if quiet_ticks >= 2 && queue_is_empty(&channel, &topology.queue).await {
                             // Frames arrive in order: a delivery sent before the answer
                             // is already buffered.
-                            if let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                            if let Some(Some(Ok(delivery))) =
+                                consumer.as_mut().and_then(|c| c.next().now_or_never())
+                            {
                                 quiet_ticks = 0;
-                                tasks.spawn(handle(shared.clone(), slots.clone(), delivery));
+                                let slot = slots.clone().try_acquire_owned().ok();
+                                tasks.spawn(handle(shared.clone(), delivery, slot));
                                 continue;
                             }
                             stopping = true;
-                            let _ = channel
-                                .basic_cancel(&shared.name, BasicCancelOptions::default())
-                                .await;
                             break;
                         }
                     }
                 }
             }
-            // Stop taking work: deliveries still waiting for a slot are not claimed, and
-            // go back to the queue with the channel.
-            slots.close();
+            if consumer.is_some() {
+                let _ = channel
+                    .basic_cancel(&shared.name, BasicCancelOptions::default())
+                    .await;
+            }
             self.drain_tasks(&mut tasks).await;
             let _ = channel.close(200, "worker stopping").await;
             let _ = connection.close(200, "worker stopping").await;
@@ -298,6 +320,31 @@ impl Worker {
     }
 }
 
+async fn start_consumer(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+) -> lapin::Result<Consumer> {
+    channel
+        .basic_consume(
+            queue,
+            tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// The next delivery, or never while the consumer is paused.
+async fn next_delivery(
+    consumer: &mut Option<Consumer>,
+) -> Option<Result<lapin::message::Delivery, lapin::Error>> {
+    match consumer {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn queue_is_empty(channel: &lapin::Channel, queue: &str) -> bool {
     match channel
         .queue_declare(
@@ -315,8 +362,12 @@ async fn queue_is_empty(channel: &lapin::Channel, queue: &str) -> bool {
     }
 }
 
-/// One delivery: claim, ack, train.
-async fn handle(shared: Arc<Shared>, slots: Arc<Semaphore>, delivery: lapin::message::Delivery) {
+/// One delivery: claim, ack, train — or, without a free `slot`, defer the job and ack.
+async fn handle(
+    shared: Arc<Shared>,
+    delivery: lapin::message::Delivery,
+    slot: Option<OwnedSemaphorePermit>,
+) {
     let message: JobMessage = match serde_json::from_slice(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
@@ -325,8 +376,24 @@ async fn handle(shared: Arc<Shared>, slots: Arc<Semaphore>, delivery: lapin::mes
             return;
         }
     };
-    let Ok(permit) = slots.acquire_owned().await else {
-        // The worker is stopping: leave the message to another worker.
+    let Some(permit) = slot else {
+        // Every slot is busy (the delivery raced the consumer's pause): the job waits in
+        // Postgres and the reaper offers it again, to whichever worker is free.
+        match jobs::defer(&shared.pool, message.job_id).await {
+            Ok(()) => {
+                tracing::info!(job_id = %message.job_id, "every slot busy: job deferred");
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %message.job_id, error = %e, "deferring a job; the message goes back");
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+            }
+        }
         return;
     };
     let settings = &shared.settings;

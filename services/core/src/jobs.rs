@@ -620,6 +620,16 @@ async fn end_tx(
     Ok(())
 }
 
+/// Marks a queued job as deferred without claiming it (the worker that got its message
+/// had no free slot); the reaper offers it again. A job in any other state is left alone.
+pub async fn defer(pool: &PgPool, job_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET deferred_at = now() WHERE id = $1 AND state = 'queued'")
+        .bind(job_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Whether a claim still holds its job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {
