@@ -160,6 +160,8 @@ pub struct GatewaySettings {
     /// Dynamic batching: most rows run together, and the longest wait for more.
     pub batch_max_items: usize,
     pub batch_wait_ms: u64,
+    /// Rows per forward pass within a batch (on CPU small passes run faster per row).
+    pub batch_forward_items: usize,
     /// Requests waiting for the inference thread; beyond it the gateway answers 429.
     pub queue_capacity: usize,
     /// How long an API key's grant is trusted before it is read again (revocation delay).
@@ -177,6 +179,7 @@ impl Default for GatewaySettings {
             max_text_chars: 10_000,
             batch_max_items: 32,
             batch_wait_ms: 5,
+            batch_forward_items: 4,
             queue_capacity: 256,
             key_cache_seconds: 2,
         }

@@ -104,12 +104,34 @@ pub struct Meter {
     calls: mpsc::Sender<Call>,
 }
 
+/// Stops the meter: what is queued is written, then the task ends.
+pub struct MeterStop {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MeterStop {
+    /// Writes the calls still queued (waiting at most `limit`).
+    pub async fn stop(self, limit: Duration) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(limit, self.task).await.is_err() {
+            tracing::warn!("the usage meter did not finish writing in time");
+        }
+    }
+}
+
 impl Meter {
-    pub fn start(pool: PgPool) -> Self {
+    pub fn start(pool: PgPool) -> (Self, MeterStop) {
         let (calls, mut receiver) = mpsc::channel::<Call>(10_000);
-        tokio::spawn(async move {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
             let mut usage = UsageBatch::new();
-            while let Some(first) = receiver.recv().await {
+            loop {
+                let first = tokio::select! {
+                    call = receiver.recv() => call,
+                    _ = &mut stopped => None,
+                };
+                let Some(first) = first else { break };
                 let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
                 let mut batch = vec![first];
                 while batch.len() < FLUSH_CALLS {
@@ -120,8 +142,15 @@ impl Meter {
                 }
                 write(&pool, batch, &mut usage).await;
             }
+            // Stopping: whatever is queued, then the usage kept from a failed flush.
+            receiver.close();
+            let mut rest = Vec::new();
+            while let Ok(call) = receiver.try_recv() {
+                rest.push(call);
+            }
+            write(&pool, rest, &mut usage).await;
         });
-        Self { calls }
+        (Self { calls }, MeterStop { stop, task })
     }
 
     pub fn record(&self, call: Call) {
@@ -135,6 +164,9 @@ async fn write(pool: &PgPool, calls: Vec<Call>, usage: &mut UsageBatch) {
     let mut keys: Vec<Uuid> = calls.iter().map(|c| c.grant.key_id).collect();
     keys.sort();
     keys.dedup();
+    if keys.is_empty() && usage.is_empty() {
+        return;
+    }
     if let Err(e) = api_keys::touch_last_used_many(pool, &keys).await {
         tracing::warn!(error = %e, "recording keys' last use");
     }

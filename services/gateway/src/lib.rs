@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::batch::Batcher;
 use crate::cache::ModelCache;
 use crate::error::ApiError;
-use crate::keys::{Call, Grants, Meter};
+use crate::keys::{Call, Grants, Meter, MeterStop};
 use crate::predict::{Limits, ModelRef};
 use crate::rate::RateLimiter;
 
@@ -50,6 +50,7 @@ struct GatewayState {
 pub struct Application {
     port: u16,
     server: Server,
+    meter: MeterStop,
 }
 
 impl Application {
@@ -65,10 +66,11 @@ impl Application {
         })?;
         let port = listener.local_addr()?.port();
         let g = &settings.gateway;
+        let (meter, meter_stop) = Meter::start(pool.clone());
         let state = web::Data::new(GatewayState {
             grants: Grants::new(Duration::from_secs(g.key_cache_seconds)),
             limiter: RateLimiter::default(),
-            meter: Meter::start(pool.clone()),
+            meter,
             cache: Arc::new(ModelCache::new(
                 settings.jobs.assets_dir.clone(),
                 g.cache_bytes,
@@ -77,6 +79,7 @@ impl Application {
                 g.queue_capacity,
                 g.batch_max_items,
                 Duration::from_millis(g.batch_wait_ms),
+                g.batch_forward_items,
             ),
             pool,
             store,
@@ -97,15 +100,23 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "gateway listening");
-        Ok(Application { port, server })
+        Ok(Application {
+            port,
+            server,
+            meter: meter_stop,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until stopped (SIGTERM or SIGINT), then writes the usage and audit rows of
+    /// the calls answered.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        self.meter.stop(Duration::from_secs(10)).await;
+        result
     }
 }
 
