@@ -16,6 +16,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use common::webdriver::{Driver, assert_browser_installed};
 use common::{Auth, Session, TestApp, assert_error, spawn_app_with};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
@@ -598,149 +599,6 @@ async fn another_organizations_models_are_not_found() {
 
 // ---- in a real browser ----
 
-/// chromedriver on a free port, spoken to over the W3C WebDriver protocol with reqwest
-/// (as tests/browser.rs does); killed by its own pid when dropped.
-struct Chrome {
-    child: std::process::Child,
-    url: String,
-    session: String,
-    http: reqwest::Client,
-}
-
-impl Drop for Chrome {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Chrome {
-    async fn start(profile: &std::path::Path) -> Chrome {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting /usr/bin/chromedriver (scripts/test installs it)");
-        let mut chrome = Chrome {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            session: String::new(),
-            http: reqwest::Client::new(),
-        };
-        let mut ready = false;
-        for _ in 0..200 {
-            if let Ok(r) = chrome
-                .http
-                .get(format!("{}/status", chrome.url))
-                .send()
-                .await
-            {
-                let body: Value = r.json().await.unwrap_or_default();
-                if body["value"]["ready"] == true {
-                    ready = true;
-                    break;
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        assert!(ready, "chromedriver did not start");
-        let args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .chain([format!("--user-data-dir={}", profile.display())])
-        .collect::<Vec<_>>();
-        let value = chrome
-            .call(
-                Method::POST,
-                "/session",
-                Some(json!({ "capabilities": { "alwaysMatch": {
-                    "browserName": "chrome",
-                    "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
-                } } })),
-            )
-            .await;
-        chrome.session = value["sessionId"].as_str().unwrap().to_owned();
-        chrome
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let path = if self.session.is_empty() {
-            path.to_owned()
-        } else {
-            format!("/session/{}{path}", self.session)
-        };
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("talking to chromedriver");
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {body}");
-        body["value"].clone()
-    }
-
-    async fn go(&self, url: &str) {
-        self.call(Method::POST, "/url", Some(json!({ "url": url })))
-            .await;
-    }
-
-    /// Waits (up to 30 s, so that a broken page fails instead of hanging) for `css`.
-    async fn find(&self, css: &str) -> String {
-        for _ in 0..150 {
-            let response = self
-                .http
-                .post(format!("{}/session/{}/element", self.url, self.session))
-                .json(&json!({ "using": "css selector", "value": css }))
-                .send()
-                .await
-                .unwrap();
-            if response.status().is_success() {
-                let body: Value = response.json().await.unwrap();
-                return body["value"]["element-6066-11e4-a52e-4f735466cecf"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-        panic!("no element {css}");
-    }
-
-    async fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css).await;
-        self.call(
-            Method::POST,
-            &format!("/element/{e}/value"),
-            Some(json!({ "text": text })),
-        )
-        .await;
-    }
-
-    async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        self.call(
-            Method::POST,
-            &format!("/element/{e}/click"),
-            Some(json!({})),
-        )
-        .await;
-    }
-}
-
 /// Writes a job event as a worker does and wakes the streams.
 async fn record(app: &TestApp, org: OrgId, job: Uuid, kind: &str, data: Value) {
     let mut tx = app.pool.begin().await.unwrap();
@@ -800,7 +658,9 @@ async fn the_job_page_follows_a_run_live_and_the_version_page_draws_its_report_i
     // `localhost` is a secure context, so Chromium keeps the `__Host-` Secure cookie.
     let base = app.address.replace("127.0.0.1", "localhost");
     let profile = tempfile::tempdir().unwrap();
-    let chrome = Chrome::start(profile.path()).await;
+    assert_browser_installed();
+    let driver = Driver::start().await;
+    let chrome = driver.new_session(profile.path()).await;
     chrome.go(&format!("{base}/signin")).await;
     chrome
         .type_into("input[name=email]", "owner@example.com")

@@ -3,6 +3,8 @@
 //! client with typed helpers. Real Postgres, RabbitMQ and object store; no mocks.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::{path::Path, str::FromStr};
 
 use reqwest::{Response, StatusCode, header};
