@@ -34,7 +34,16 @@ pub async fn ensure_demo(pool: &PgPool) -> Result<Demo, Error> {
                 password: Password::parse(SecretString::from(DEMO_PASSWORD))?,
             };
             match users::sign_up(pool, new).await {
-                Ok((user, _personal_org)) => user,
+                // The organization made at sign-up becomes the demo organization, so that
+                // signing in lands where the demo dataset and blueprint are.
+                Ok((user, personal_org)) => {
+                    sqlx::query("UPDATE orgs SET name = $2 WHERE id = $1")
+                        .bind(personal_org.id)
+                        .bind(DEMO_ORG)
+                        .execute(pool)
+                        .await?;
+                    user
+                }
                 // Created concurrently by another process.
                 Err(Error::Conflict { .. }) => {
                     users::find_by_email(pool, &Email::parse(DEMO_EMAIL)?)
