@@ -399,6 +399,18 @@ async fn scopes_limit_models_and_actions() {
         ["name", "actions[0]", "models", "rate_limit_per_minute"]
     );
 
+    for (models, field) in [(json!("some"), "models"), (json!([m1, "x"]), "models[1]")] {
+        let bad = app
+            .post(
+                "/api/v1/api-keys",
+                &Auth::Session(&owner),
+                &json!({ "name": "n", "models": models, "actions": ["predict"] }),
+            )
+            .await;
+        let body = assert_error(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+        assert_eq!(body["error"]["field"], field);
+    }
+
     // The page form answers 422 with the problems beside the form, keeps what was
     // entered, and creates nothing.
     let form = app

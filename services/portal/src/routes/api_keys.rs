@@ -88,23 +88,40 @@ fn view(record: ApiKeyRecord) -> KeyView {
 
 // ---- JSON API ----
 
-/// `models`: `"all"` or a list of model ids.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ModelsField {
-    Named(String),
-    Ids(Vec<Uuid>),
-}
-
 #[derive(Deserialize)]
 struct NewKeyJson {
     name: String,
-    models: ModelsField,
+    /// `"all"` or a list of model ids; read by [`parse_models`] so that a bad entry is
+    /// named (`models[2]`).
+    models: serde_json::Value,
     actions: Vec<String>,
     #[serde(default)]
     expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     rate_limit_per_minute: Option<i64>,
+}
+
+/// `None` for `"all"`, else the listed model ids.
+fn parse_models(value: &serde_json::Value) -> Result<Option<Vec<Uuid>>, Error> {
+    match value {
+        serde_json::Value::String(s) if s.trim().eq_ignore_ascii_case("all") => Ok(None),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.as_str()
+                    .and_then(|s| Uuid::parse_str(s.trim()).ok())
+                    .ok_or_else(|| {
+                        Error::validation(format!("models[{i}]"), "Give a model by its id.")
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        _ => Err(Error::validation(
+            "models",
+            "Send \"all\" or a list of model ids.",
+        )),
+    }
 }
 
 #[get("/api-keys")]
@@ -131,16 +148,7 @@ async fn api_create(
 ) -> Result<HttpResponse, Error> {
     member.require_admin()?;
     let body = body.into_inner();
-    let models = match body.models {
-        ModelsField::Named(s) if s.trim().eq_ignore_ascii_case("all") => None,
-        ModelsField::Named(_) => {
-            return Err(Error::validation(
-                "models",
-                "Send \"all\" or a list of model ids.",
-            ));
-        }
-        ModelsField::Ids(ids) => Some(ids),
-    };
+    let models = parse_models(&body.models)?;
     let new = NewApiKey::parse(
         &body.name,
         models,
