@@ -632,7 +632,10 @@ async fn the_demo_has_a_dataset_and_making_it_again_changes_nothing() {
     assert_eq!(objects_of(&app, demo.org_id.0).len(), 1);
     // Signing in as the demo user lands in the demo organization, the only one it has.
     let session = app
-        .sign_in(tailor_core::demo::DEMO_EMAIL, tailor_core::demo::DEMO_PASSWORD)
+        .sign_in(
+            tailor_core::demo::DEMO_EMAIL,
+            tailor_core::demo::DEMO_PASSWORD,
+        )
         .await;
     assert_eq!(session.org_id, demo.org_id.0);
     let orgs: i64 = sqlx::query_scalar("SELECT count(*) FROM org_members WHERE user_id = $1")

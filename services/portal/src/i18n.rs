@@ -138,22 +138,13 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "blueprint.html",
         include_str!("../../../templates/blueprint.html"),
     ),
-    (
-        "jobs.html",
-        include_str!("../../../templates/jobs.html"),
-    ),
-    (
-        "job.html",
-        include_str!("../../../templates/job.html"),
-    ),
+    ("jobs.html", include_str!("../../../templates/jobs.html")),
+    ("job.html", include_str!("../../../templates/job.html")),
     (
         "models.html",
         include_str!("../../../templates/models.html"),
     ),
-    (
-        "model.html",
-        include_str!("../../../templates/model.html"),
-    ),
+    ("model.html", include_str!("../../../templates/model.html")),
     (
         "model_version.html",
         include_str!("../../../templates/model_version.html"),
