@@ -401,14 +401,26 @@ async fn record(app: &TestApp, org: Uuid, job: Uuid, kind: &str, data: Value) ->
     id
 }
 
+/// Ends a job as a worker does: the final state and its event in one transaction.
 async fn finish(app: &TestApp, org: Uuid, job: Uuid, state: &str) {
+    let mut tx = app.pool.begin().await.unwrap();
     sqlx::query("UPDATE jobs SET state = $2, finished_at = now() WHERE id = $1")
         .bind(job)
         .bind(state)
-        .execute(&app.pool)
+        .execute(&mut *tx)
         .await
         .unwrap();
-    record(app, org, job, "state", json!({ "state": state })).await;
+    jobs::record_event_tx(
+        &mut tx,
+        OrgId(org),
+        job,
+        "state",
+        &json!({ "state": state }),
+    )
+    .await
+    .unwrap();
+    jobs::notify_event_tx(&mut tx, job).await.unwrap();
+    tx.commit().await.unwrap();
 }
 
 /// The whole stream (it ends by itself once the job is final); the timeout only keeps a
