@@ -590,6 +590,20 @@ impl TunedModel {
         inputs: &[Vec<InputValue>],
         batch_size: usize,
     ) -> anyhow::Result<Vec<Vec<OutputPrediction>>> {
+        self.check_rows(inputs)?;
+        let by_output = self.model.predict_inputs(inputs, batch_size)?;
+        let configs = self.heads();
+        let mut rows: Vec<Vec<OutputPrediction>> = vec![Vec::new(); inputs.len()];
+        for (head, preds) in configs.iter().zip(by_output) {
+            for (r, p) in preds.into_iter().enumerate() {
+                rows[r].push(describe(head, p));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Refuses rows that do not hold one value per input.
+    fn check_rows(&self, inputs: &[Vec<InputValue>]) -> anyhow::Result<()> {
         for (r, row) in inputs.iter().enumerate() {
             if row.len() != self.blueprint.inputs.len() {
                 bail!(
@@ -605,15 +619,44 @@ impl TunedModel {
                 );
             }
         }
-        let by_output = self.model.predict_inputs(inputs, batch_size)?;
-        let configs = self.heads();
-        let mut rows: Vec<Vec<OutputPrediction>> = vec![Vec::new(); inputs.len()];
-        for (head, preds) in configs.iter().zip(by_output) {
-            for (r, p) in preds.into_iter().enumerate() {
-                rows[r].push(describe(head, p));
-            }
+        Ok(())
+    }
+
+    /// The width of [`TunedModel::embed`]'s vectors.
+    pub fn embedding_width(&self) -> usize {
+        let widths = self.model.encoders.iter().map(|e| e.width());
+        match self.blueprint.fusion {
+            crate::blueprint::Fusion::Concat => widths.sum(),
+            crate::blueprint::Fusion::Mean => widths.max().unwrap_or(0),
         }
-        Ok(rows)
+    }
+
+    /// The pooled (fused) encoder output of each row, with the version's adapters applied:
+    /// the vectors its pooled heads read (the same pass as [`TunedModel::predict`]), in
+    /// batches; indexed `[row][dimension]`.
+    pub fn embed(
+        &self,
+        inputs: &[Vec<InputValue>],
+        batch_size: usize,
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.check_rows(inputs)?;
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Row> = inputs
+            .iter()
+            .map(|i| Row {
+                inputs: i.clone(),
+                targets: Vec::new(),
+            })
+            .collect();
+        let features = self.model.pooled_features(&rows, batch_size)?;
+        Ok(features.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+    }
+
+    /// [`TunedModel::embed`] for texts, for models with one text input.
+    pub fn embed_texts(&self, texts: &[&str], batch_size: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.embed(&text_rows(texts), batch_size)
     }
 
     /// Predictions for texts, for models with one text input.
@@ -622,12 +665,16 @@ impl TunedModel {
         texts: &[&str],
         batch_size: usize,
     ) -> anyhow::Result<Vec<Vec<OutputPrediction>>> {
-        let inputs: Vec<Vec<InputValue>> = texts
-            .iter()
-            .map(|t| vec![InputValue::Text(t.to_string())])
-            .collect();
-        self.predict(&inputs, batch_size)
+        self.predict(&text_rows(texts), batch_size)
     }
+}
+
+/// One row per text, for models with one text input.
+fn text_rows(texts: &[&str]) -> Vec<Vec<InputValue>> {
+    texts
+        .iter()
+        .map(|t| vec![InputValue::Text(t.to_string())])
+        .collect()
 }
 
 /// One base encoder held once, many versions' adapters applied to it per request (left

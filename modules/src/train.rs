@@ -282,7 +282,11 @@ impl Model {
     }
 
     /// The fused pooled vectors of `rows` in evaluation mode, `(rows, width)`.
-    fn pooled_features(&self, rows: &[Row], batch_size: usize) -> candle_core::Result<Tensor> {
+    pub(crate) fn pooled_features(
+        &self,
+        rows: &[Row],
+        batch_size: usize,
+    ) -> candle_core::Result<Tensor> {
         let mut parts = Vec::new();
         for chunk in rows.chunks(batch_size.max(1)) {
             let refs: Vec<&Row> = chunk.iter().collect();

@@ -389,3 +389,64 @@ fn tampered_files_and_a_base_that_does_not_fit_are_refused() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
 }
+
+#[test]
+fn an_embedding_is_what_the_heads_read_merged_or_on_a_shared_base() {
+    let base = models_dir();
+    let (model, report) = trained(8.0, 7);
+    let dir = scratch("e");
+    let files = files_of(&model, &report, &dir);
+    let texts = texts();
+
+    let merged = TunedModel::load(files.clone(), &base).unwrap();
+    let embeddings = merged.embed_texts(&texts, 5).unwrap();
+    assert_eq!(merged.embedding_width(), 384);
+    assert_eq!(embeddings.len(), texts.len());
+    assert!(embeddings.iter().all(|e| e.len() == 384));
+
+    // The linear head applied by hand to the embeddings gives predict's scores.
+    let flat: Vec<f32> = embeddings.iter().flatten().copied().collect();
+    let x = Tensor::from_vec(flat, (texts.len(), 384), &candle_core::Device::Cpu).unwrap();
+    let logits: Vec<Vec<f32>> = model.heads.heads[0]
+        .forward(&x, None)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let by_hand: Vec<f32> = logits
+        .iter()
+        .flat_map(|row| {
+            let max = row.iter().copied().fold(f32::MIN, f32::max);
+            let exp: Vec<f32> = row.iter().map(|l| (l - max).exp()).collect();
+            let sum: f32 = exp.iter().sum();
+            exp.into_iter().map(move |e| e / sum)
+        })
+        .collect();
+    let predicted = probabilities(&merged.predict_texts(&texts, 5).unwrap());
+    let d = max_diff(&by_hand, &predicted);
+    assert!(
+        d < 1e-5,
+        "the head on the embeddings and predict differ by {d}"
+    );
+
+    // The same version over a shared base (beside another version, requests interleaved)
+    // embeds the same, and empty input embeds nothing.
+    let shared = SharedBase::new(&base);
+    let (model_b, report_b) = trained(2.0, 11);
+    let other = shared
+        .add(files_of(&model_b, &report_b, &scratch("f")))
+        .unwrap();
+    let on_shared = shared.add(files).unwrap();
+    for _ in 0..2 {
+        let got = on_shared.embed_texts(&texts, 4).unwrap();
+        let d = max_diff(&flat_of(&embeddings), &flat_of(&got));
+        assert!(d < 1e-5, "merged and shared-base embeddings differ by {d}");
+        let theirs = other.embed_texts(&texts[..2], 2).unwrap();
+        assert!(max_diff(&flat_of(&embeddings[..2]), &flat_of(&theirs)) > 1e-4);
+    }
+    assert!(on_shared.embed_texts(&[], 4).unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn flat_of(rows: &[Vec<f32>]) -> Vec<f32> {
+    rows.iter().flatten().copied().collect()
+}
