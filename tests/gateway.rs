@@ -589,3 +589,111 @@ async fn bad_keys_get_401s_a_busy_key_429_and_the_api_is_described() {
     let response = reqwest::get(format!("{gateway}/v1/nothing")).await.unwrap();
     assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_embeds_like_the_ml_core_for_keys_with_the_embed_action() {
+    let app = spawn_worker_app().await;
+    let ada = app.sign_up("ada@example.com").await;
+    let dataset = upload_dataset(&app, &ada, "drug-reviews", reviews_jsonl(4)).await;
+    let job = submit(&app, &ada, classifier(1), dataset).await;
+    assert_eq!(until_final(&app, job, 10).await, JobState::Succeeded);
+    let model = model_id(&app, ada.org_id).await;
+    let gateway = spawn_gateway(&app).await;
+    let embed = |key: String, model: &'static str, body: Value| {
+        let gateway = gateway.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{gateway}/v1/models/{model}/embed"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let (key_id, key) = new_key(
+        &app,
+        ada.org_id,
+        ada.user_id,
+        None,
+        &[Action::Embed],
+        |_| {},
+    )
+    .await;
+
+    // The same vectors as the ML core's for the version (loaded alone, adapters merged).
+    let response = embed(key.clone(), "review-rating@1", items(&TEXTS)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (&body["model"], &body["version"], &body["dimensions"]),
+        (&json!("review-rating"), &json!(1), &json!(384))
+    );
+    let store = storage::build(&app.settings.object_store).unwrap();
+    let version = models::find_version(&app.pool, OrgId(ada.org_id), model, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let files = models::read_verified(&store, &version, |_| true)
+        .await
+        .unwrap();
+    let assets = app.settings.jobs.assets_dir.clone();
+    let want = tokio::task::spawn_blocking(move || {
+        TunedModel::load(files, &assets)
+            .unwrap()
+            .embed_texts(&TEXTS, TEXTS.len())
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let got = body["embeddings"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        let g = g.as_array().unwrap();
+        assert_eq!(g.len(), 384);
+        for (g, w) in g.iter().zip(w) {
+            assert!((g.as_f64().unwrap() - *w as f64).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+    // `text` for a one-input model, the published version by default.
+    let body: Value = embed(key.clone(), "review-rating", json!({ "text": TEXTS[1] }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["embeddings"].as_array().unwrap().len(), 1);
+    assert_eq!(body["version"], 1);
+
+    // A key without the embed action (predict only, or generate) gets 403.
+    for actions in [&[Action::Predict][..], &[Action::Generate]] {
+        let (_, other) = new_key(&app, ada.org_id, ada.user_id, None, actions, |_| {}).await;
+        assert_error(
+            embed(other, "review-rating", items(&TEXTS)).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+    }
+
+    // Embed calls are metered and audited like predictions.
+    let mut audited = 0i64;
+    for _ in 0..100 {
+        audited = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if audited >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(audited, 2);
+    let items_: i64 =
+        sqlx::query_scalar("SELECT sum(items)::bigint FROM api_key_usage WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(items_, 4);
+}

@@ -3,6 +3,7 @@
 //! runs the rows of each model version together (`batch_forward_items` rows per forward
 //! pass: on a 2-core CPU passes of about 4 rows ran fastest per row), and answers every
 //! request through its oneshot channel. A full queue is refused at once (the caller answers 429).
+//! Predict and embed requests share the thread; a version's requests of one kind run together.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -14,12 +15,26 @@ use tokio::sync::oneshot;
 
 use crate::cache::LoadedVersion;
 
-pub type Answer = anyhow::Result<Vec<Vec<OutputPrediction>>>;
+pub type Answer<T> = anyhow::Result<Vec<T>>;
+
+/// What the rows of a request are for, with the channel for its answer.
+enum Reply {
+    /// Predictions, `[row][output]`.
+    Predict(oneshot::Sender<Answer<Vec<OutputPrediction>>>),
+    /// Pooled encoder vectors, `[row][dimension]`.
+    Embed(oneshot::Sender<Answer<Vec<f32>>>),
+}
+
+impl Reply {
+    fn is_embed(&self) -> bool {
+        matches!(self, Reply::Embed(_))
+    }
+}
 
 struct Request {
     version: Arc<LoadedVersion>,
     rows: Vec<Vec<InputValue>>,
-    reply: oneshot::Sender<Answer>,
+    reply: Reply,
 }
 
 #[derive(Clone)]
@@ -49,19 +64,40 @@ impl Batcher {
         Self { queue }
     }
 
-    /// Queues the rows; the answer arrives on the returned channel.
+    /// Queues the rows for predictions; the answer arrives on the returned channel.
     pub fn submit(
         &self,
         version: Arc<LoadedVersion>,
         rows: Vec<Vec<InputValue>>,
-    ) -> Result<oneshot::Receiver<Answer>, QueueFull> {
+    ) -> Result<oneshot::Receiver<Answer<Vec<OutputPrediction>>>, QueueFull> {
         let (reply, answer) = oneshot::channel();
+        self.queue(version, rows, Reply::Predict(reply))?;
+        Ok(answer)
+    }
+
+    /// Queues the rows for their embeddings; the answer arrives on the returned channel.
+    pub fn submit_embed(
+        &self,
+        version: Arc<LoadedVersion>,
+        rows: Vec<Vec<InputValue>>,
+    ) -> Result<oneshot::Receiver<Answer<Vec<f32>>>, QueueFull> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(version, rows, Reply::Embed(reply))?;
+        Ok(answer)
+    }
+
+    fn queue(
+        &self,
+        version: Arc<LoadedVersion>,
+        rows: Vec<Vec<InputValue>>,
+        reply: Reply,
+    ) -> Result<(), QueueFull> {
         match self.queue.try_send(Request {
             version,
             rows,
             reply,
         }) {
-            Ok(()) => Ok(answer),
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(QueueFull),
         }
     }
@@ -88,13 +124,15 @@ fn run(receiver: Receiver<Request>, max_items: usize, max_wait: Duration, forwar
     }
 }
 
-/// Runs the requests of each version together (in order of arrival) and answers each.
+/// Runs the requests of each version and kind together (in order of arrival) and answers
+/// each.
 fn run_batch(mut batch: Vec<Request>, forward_items: usize) {
     while !batch.is_empty() {
         let version = batch[0].version.clone();
+        let embed = batch[0].reply.is_embed();
         let (same, rest): (Vec<_>, Vec<_>) = batch
             .into_iter()
-            .partition(|r| Arc::ptr_eq(&r.version, &version));
+            .partition(|r| Arc::ptr_eq(&r.version, &version) && r.reply.is_embed() == embed);
         batch = rest;
         let sizes: Vec<usize> = same.iter().map(|r| r.rows.len()).collect();
         let mut rows = Vec::with_capacity(sizes.iter().sum());
@@ -104,26 +142,54 @@ fn run_batch(mut batch: Vec<Request>, forward_items: usize) {
             replies.push(request.reply);
         }
         let started = Instant::now();
-        let answer = version.model.predict(&rows, forward_items);
-        tracing::debug!(
-            version_id = %version.id,
-            requests = replies.len(),
-            rows = rows.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "batch"
-        );
-        match answer {
-            Ok(predictions) => {
-                let mut predictions = predictions.into_iter();
-                for (reply, size) in replies.into_iter().zip(sizes) {
-                    let _ = reply.send(Ok(predictions.by_ref().take(size).collect()));
+        if embed {
+            let answer = version.model.embed(&rows, forward_items);
+            log(&version, replies.len(), rows.len(), started, "embed batch");
+            answer_each(answer, replies, sizes, |reply| match reply {
+                Reply::Embed(reply) => Some(reply),
+                Reply::Predict(_) => None,
+            });
+        } else {
+            let answer = version.model.predict(&rows, forward_items);
+            log(&version, replies.len(), rows.len(), started, "batch");
+            answer_each(answer, replies, sizes, |reply| match reply {
+                Reply::Predict(reply) => Some(reply),
+                Reply::Embed(_) => None,
+            });
+        }
+    }
+}
+
+fn log(version: &LoadedVersion, requests: usize, rows: usize, started: Instant, what: &str) {
+    tracing::debug!(
+        version_id = %version.id,
+        requests,
+        rows,
+        ms = started.elapsed().as_millis() as u64,
+        "{what}"
+    );
+}
+
+/// Sends each request its share of the rows' answer (`sizes[i]` rows each), or the error.
+fn answer_each<T>(
+    answer: anyhow::Result<Vec<T>>,
+    replies: Vec<Reply>,
+    sizes: Vec<usize>,
+    channel: impl Fn(Reply) -> Option<oneshot::Sender<Answer<T>>>,
+) {
+    match answer {
+        Ok(rows) => {
+            let mut rows = rows.into_iter();
+            for (reply, size) in replies.into_iter().zip(sizes) {
+                if let Some(reply) = channel(reply) {
+                    let _ = reply.send(Ok(rows.by_ref().take(size).collect()));
                 }
             }
-            Err(e) => {
-                let message = format!("{e:#}");
-                for reply in replies {
-                    let _ = reply.send(Err(anyhow::anyhow!("{message}")));
-                }
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            for reply in replies.into_iter().filter_map(channel) {
+                let _ = reply.send(Err(anyhow::anyhow!("{message}")));
             }
         }
     }

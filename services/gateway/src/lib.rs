@@ -1,5 +1,5 @@
-//! The inference gateway: `POST /v1/models/{model}/predict` behind API keys, its OpenAPI
-//! description, and health endpoints.
+//! The inference gateway: `POST /v1/models/{model}/predict` and `/embed` behind API keys,
+//! its OpenAPI description, and health endpoints.
 //!
 //! A request is authenticated (grants cached for seconds), rate limited per key, resolved
 //! to a model version in the key's organization (the published one unless named), served
@@ -23,11 +23,13 @@ use actix_web::{
 use anyhow::Context;
 use serde_json::{Value, json};
 use tailor_core::api_keys::{Action, KeyGrant};
+use tailor_core::models::ModelVersion;
 use tailor_core::{Settings, db, health, storage};
+use tailor_modules::train::InputValue;
 use uuid::Uuid;
 
 use crate::batch::Batcher;
-use crate::cache::ModelCache;
+use crate::cache::{LoadedVersion, ModelCache};
 use crate::error::ApiError;
 use crate::keys::{Call, Grants, Meter, MeterStop};
 use crate::predict::{Limits, ModelRef};
@@ -95,6 +97,7 @@ impl Application {
                 .service(readyz)
                 .service(openapi)
                 .service(predict_route)
+                .service(embed_route)
                 .default_service(web::to(not_found))
         })
         .listen(listener)?
@@ -173,14 +176,40 @@ async fn predict_route(
     model: web::Path<String>,
     payload: web::Payload,
 ) -> HttpResponse {
+    serve(&state, &req, &model, payload, Action::Predict).await
+}
+
+#[post("/v1/models/{model}/embed")]
+#[tracing::instrument(skip(state, req, payload), fields(key_id, model = %model))]
+async fn embed_route(
+    state: web::Data<GatewayState>,
+    req: HttpRequest,
+    model: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    serve(&state, &req, &model, payload, Action::Embed).await
+}
+
+/// Authenticates, answers `action` on the model, and meters and audits the call.
+async fn serve(
+    state: &GatewayState,
+    req: &HttpRequest,
+    model: &str,
+    payload: web::Payload,
+    action: Action,
+) -> HttpResponse {
     let started = Instant::now();
-    let grant = match state.grants.authenticate(&state.pool, &req).await {
+    let grant = match state.grants.authenticate(&state.pool, req).await {
         Ok(grant) => grant,
         Err(e) => return e.error_response(),
     };
     tracing::Span::current().record("key_id", tracing::field::display(grant.key_id));
     let mut outcome = Outcome::default();
-    let response = match predict_call(&state, &grant, &model, payload, &mut outcome).await {
+    let answer = match action {
+        Action::Embed => embed_call(state, &grant, model, payload, &mut outcome).await,
+        _ => predict_call(state, &grant, model, payload, &mut outcome).await,
+    };
+    let response = match answer {
         Ok(answer) => HttpResponse::Ok().json(answer),
         Err(e) => e.error_response(),
     };
@@ -197,21 +226,31 @@ async fn predict_route(
     response
 }
 
-async fn predict_call(
+/// A call checked and read: the model named, its version, the version loaded, its rows.
+struct Checked {
+    model: ModelRef,
+    version: ModelVersion,
+    loaded: Arc<LoadedVersion>,
+    rows: Vec<Vec<InputValue>>,
+}
+
+/// Rate limit, scope, body and model of a call for `action`, the same for every route.
+async fn check_call(
     state: &GatewayState,
     grant: &KeyGrant,
     model: &str,
     payload: web::Payload,
     outcome: &mut Outcome,
-) -> Result<Value, ApiError> {
+    action: Action,
+) -> Result<Checked, ApiError> {
     if let Some(per_minute) = grant.rate_limit_per_minute {
         state
             .limiter
             .take(grant.key_id, per_minute.max(1) as u32)
             .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     }
-    if !grant.actions.contains(&Action::Predict) {
-        return Err(ApiError::Scope(Action::Predict.as_str()));
+    if !grant.actions.contains(&action) {
+        return Err(ApiError::Scope(action.as_str()));
     }
     let model = ModelRef::parse(model)?;
     let limit = state.settings.gateway.max_body_bytes;
@@ -229,7 +268,7 @@ async fn predict_call(
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::validation("", format!("The body is not valid JSON: {e}")))?;
     let (model_id, version) = predict::resolve(&state.pool, grant.org, &model).await?;
-    if !grant.allows(Action::Predict, model_id) {
+    if !grant.allows(action, model_id) {
         // Outside the key's models: the same answer as a model that does not exist.
         return Err(ApiError::NotFound(format!(
             "There is no model named `{}`.",
@@ -249,16 +288,56 @@ async fn predict_call(
     )?;
     outcome.items = rows.len() as i64;
     outcome.body = Some(body);
+    Ok(Checked {
+        model,
+        version,
+        loaded,
+        rows,
+    })
+}
+
+async fn predict_call(
+    state: &GatewayState,
+    grant: &KeyGrant,
+    model: &str,
+    payload: web::Payload,
+    outcome: &mut Outcome,
+) -> Result<Value, ApiError> {
+    let call = check_call(state, grant, model, payload, outcome, Action::Predict).await?;
     let answer = state
         .batcher
-        .submit(loaded, rows)
+        .submit(call.loaded, call.rows)
         .map_err(|_| ApiError::Busy { retry_after: 1 })?
         .await
         .context("the inference thread stopped")?
         .context("predicting")?;
     Ok(json!({
-        "model": model.name,
-        "version": version.version,
+        "model": call.model.name,
+        "version": call.version.version,
         "predictions": answer.into_iter().map(predict::answer).collect::<Vec<_>>(),
+    }))
+}
+
+async fn embed_call(
+    state: &GatewayState,
+    grant: &KeyGrant,
+    model: &str,
+    payload: web::Payload,
+    outcome: &mut Outcome,
+) -> Result<Value, ApiError> {
+    let call = check_call(state, grant, model, payload, outcome, Action::Embed).await?;
+    let dimensions = call.loaded.model.embedding_width();
+    let embeddings = state
+        .batcher
+        .submit_embed(call.loaded, call.rows)
+        .map_err(|_| ApiError::Busy { retry_after: 1 })?
+        .await
+        .context("the inference thread stopped")?
+        .context("embedding")?;
+    Ok(json!({
+        "model": call.model.name,
+        "version": call.version.version,
+        "dimensions": dimensions,
+        "embeddings": embeddings,
     }))
 }
