@@ -134,3 +134,26 @@ async fn each_error_kind_has_its_status_and_json_shape() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn every_page_script_and_style_is_served_and_nothing_else() {
+    let app = spawn_app().await;
+    for (file, kind) in [
+        ("app.css", "text/css"),
+        ("datasets.js", "application/javascript"),
+        ("blueprints.js", "application/javascript"),
+        ("jobs.js", "application/javascript"),
+        ("models.css", "text/css"),
+        ("api_keys.css", "text/css"),
+    ] {
+        let r = app.get(&format!("/static/{file}"), &Auth::None).await;
+        assert_eq!(r.status(), StatusCode::OK, "{file}");
+        let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with(kind), "{file}: {content_type}");
+        assert!(!r.text().await.unwrap().is_empty(), "{file}");
+    }
+    for missing in ["nope.js", "..%2Fapp.css", "app.css.map"] {
+        let r = app.get(&format!("/static/{missing}"), &Auth::None).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{missing}");
+    }
+}

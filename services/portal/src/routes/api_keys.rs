@@ -28,7 +28,6 @@ use crate::{
     state::AppState,
 };
 
-const API_KEYS_CSS: &str = include_str!("../../../../templates/static/api_keys.css");
 /// Audit entries a page or request shows at most.
 const AUDIT_LIMIT: i64 = 200;
 
@@ -43,8 +42,7 @@ pub fn configure_api(cfg: &mut web::ServiceConfig) {
 }
 
 pub fn configure_pages(cfg: &mut web::ServiceConfig) {
-    cfg.service(api_keys_css)
-        .service(list_page)
+    cfg.service(list_page)
         .service(create_form)
         .service(key_page)
         .service(revoke_form)
@@ -322,14 +320,6 @@ async fn api_audit_settings(
 }
 
 // ---- pages ----
-
-#[get("/static/api_keys.css")]
-async fn api_keys_css() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/css; charset=utf-8"))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(API_KEYS_CSS)
-}
 
 /// The list page's context: keys, models to choose from, the caller's rights.
 async fn list_context(state: &AppState, member: &CurrentMember) -> Result<Context, Error> {

@@ -5,18 +5,75 @@ use serde::Deserialize;
 
 use crate::i18n::{LANG_COOKIE, Lang};
 
-const APP_CSS: &str = include_str!("../../../../templates/static/app.css");
+/// The pages' scripts and styles, compiled in: (file name, content type, bytes).
+const STATIC: &[(&str, &str, &str)] = &[
+    (
+        "app.css",
+        CSS,
+        include_str!("../../../../templates/static/app.css"),
+    ),
+    (
+        "datasets.css",
+        CSS,
+        include_str!("../../../../templates/static/datasets.css"),
+    ),
+    (
+        "datasets.js",
+        JS,
+        include_str!("../../../../templates/static/datasets.js"),
+    ),
+    (
+        "blueprints.css",
+        CSS,
+        include_str!("../../../../templates/static/blueprints.css"),
+    ),
+    (
+        "blueprints.js",
+        JS,
+        include_str!("../../../../templates/static/blueprints.js"),
+    ),
+    (
+        "jobs.css",
+        CSS,
+        include_str!("../../../../templates/static/jobs.css"),
+    ),
+    (
+        "jobs.js",
+        JS,
+        include_str!("../../../../templates/static/jobs.js"),
+    ),
+    (
+        "models.css",
+        CSS,
+        include_str!("../../../../templates/static/models.css"),
+    ),
+    (
+        "models.js",
+        JS,
+        include_str!("../../../../templates/static/models.js"),
+    ),
+    (
+        "api_keys.css",
+        CSS,
+        include_str!("../../../../templates/static/api_keys.css"),
+    ),
+];
+const CSS: &str = "text/css; charset=utf-8";
+const JS: &str = "application/javascript; charset=utf-8";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(app_css).service(switch_language);
+    cfg.service(static_file).service(switch_language);
 }
 
-#[get("/static/app.css")]
-async fn app_css() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/css; charset=utf-8"))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
-        .body(APP_CSS)
+#[get("/static/{file}")]
+async fn static_file(file: web::Path<String>) -> HttpResponse {
+    match STATIC.iter().find(|(name, _, _)| *name == file.as_str()) {
+        Some((_, content_type, body)) => HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, *content_type))
+            .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+            .body(*body),
+        None => HttpResponse::NotFound().finish(),
+    }
 }
 
 #[derive(Deserialize)]

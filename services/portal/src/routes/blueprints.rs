@@ -33,9 +33,6 @@ use crate::{
     state::AppState,
 };
 
-const BLUEPRINTS_JS: &str = include_str!("../../../../templates/static/blueprints.js");
-const BLUEPRINTS_CSS: &str = include_str!("../../../../templates/static/blueprints.css");
-
 /// The strings `blueprints.js` shows, each `blueprints.ui.{key}` in the catalogs.
 const UI_KEYS: &[&str] = &[
     "as_input",
@@ -101,9 +98,7 @@ pub fn configure_api(cfg: &mut web::ServiceConfig) {
 }
 
 pub fn configure_pages(cfg: &mut web::ServiceConfig) {
-    cfg.service(blueprints_js)
-        .service(blueprints_css)
-        .service(list_page)
+    cfg.service(list_page)
         .service(new_page)
         .service(edit_page)
         .service(delete_form);
@@ -281,25 +276,6 @@ async fn api_delete(
 }
 
 // ---- pages ----
-
-#[get("/static/blueprints.js")]
-async fn blueprints_js() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((
-            header::CONTENT_TYPE,
-            "application/javascript; charset=utf-8",
-        ))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(BLUEPRINTS_JS)
-}
-
-#[get("/static/blueprints.css")]
-async fn blueprints_css() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/css; charset=utf-8"))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(BLUEPRINTS_CSS)
-}
 
 #[get("/blueprints")]
 #[tracing::instrument(skip_all, fields(org_id = %member.org_id))]

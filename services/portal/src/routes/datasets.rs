@@ -20,9 +20,6 @@ use uuid::Uuid;
 use super::{PageResult, member_context, page};
 use crate::{auth::CurrentMember, i18n::Lang, state::AppState};
 
-const DATASETS_JS: &str = include_str!("../../../../templates/static/datasets.js");
-const DATASETS_CSS: &str = include_str!("../../../../templates/static/datasets.css");
-
 pub fn configure_api(cfg: &mut web::ServiceConfig) {
     cfg.service(api_upload)
         .service(api_list)
@@ -33,10 +30,7 @@ pub fn configure_api(cfg: &mut web::ServiceConfig) {
 }
 
 pub fn configure_pages(cfg: &mut web::ServiceConfig) {
-    cfg.service(datasets_js)
-        .service(datasets_css)
-        .service(list_page)
-        .service(profile_page);
+    cfg.service(list_page).service(profile_page);
 }
 
 #[derive(Deserialize)]
@@ -211,25 +205,6 @@ async fn api_change_schema(
 }
 
 // ---- pages ----
-
-#[get("/static/datasets.js")]
-async fn datasets_js() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((
-            header::CONTENT_TYPE,
-            "application/javascript; charset=utf-8",
-        ))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(DATASETS_JS)
-}
-
-#[get("/static/datasets.css")]
-async fn datasets_css() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/css; charset=utf-8"))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(DATASETS_CSS)
-}
 
 #[get("/datasets")]
 #[tracing::instrument(skip_all, fields(org_id = %member.org_id))]

@@ -36,9 +36,6 @@ use crate::{
     state::AppState,
 };
 
-const JOBS_JS: &str = include_str!("../../../../templates/static/jobs.js");
-const JOBS_CSS: &str = include_str!("../../../../templates/static/jobs.css");
-
 /// How often a stream looks for new events when no notification came.
 const POLL: Duration = Duration::from_secs(1);
 /// A comment line this often, so that a closed connection is noticed.
@@ -60,9 +57,7 @@ pub fn configure_api(cfg: &mut web::ServiceConfig) {
 }
 
 pub fn configure_pages(cfg: &mut web::ServiceConfig) {
-    cfg.service(jobs_js)
-        .service(jobs_css)
-        .service(list_page)
+    cfg.service(list_page)
         .service(start_form)
         .service(job_page)
         .service(cancel_form)
@@ -759,25 +754,6 @@ async fn follow(
 }
 
 // ---- pages ----
-
-#[get("/static/jobs.js")]
-async fn jobs_js() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((
-            header::CONTENT_TYPE,
-            "application/javascript; charset=utf-8",
-        ))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(JOBS_JS)
-}
-
-#[get("/static/jobs.css")]
-async fn jobs_css() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/css; charset=utf-8"))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(JOBS_CSS)
-}
 
 #[derive(Serialize, sqlx::FromRow)]
 struct Choice {

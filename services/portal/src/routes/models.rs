@@ -23,9 +23,6 @@ use crate::{
     state::AppState,
 };
 
-const MODELS_JS: &str = include_str!("../../../../templates/static/models.js");
-const MODELS_CSS: &str = include_str!("../../../../templates/static/models.css");
-
 pub fn configure_api(cfg: &mut web::ServiceConfig) {
     cfg.service(api_list)
         .service(api_model)
@@ -39,9 +36,7 @@ pub fn configure_api(cfg: &mut web::ServiceConfig) {
 }
 
 pub fn configure_pages(cfg: &mut web::ServiceConfig) {
-    cfg.service(models_js)
-        .service(models_css)
-        .service(list_page)
+    cfg.service(list_page)
         .service(compare_page)
         .service(model_page)
         .service(version_page)
@@ -385,25 +380,6 @@ async fn api_adapter(
 }
 
 // ---- pages ----
-
-#[get("/static/models.js")]
-async fn models_js() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((
-            header::CONTENT_TYPE,
-            "application/javascript; charset=utf-8",
-        ))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(MODELS_JS)
-}
-
-#[get("/static/models.css")]
-async fn models_css() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/css; charset=utf-8"))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .body(MODELS_CSS)
-}
 
 #[get("/models")]
 #[tracing::instrument(skip_all, fields(org_id = %member.org_id))]
