@@ -34,7 +34,7 @@ use crate::blueprint::{
     ClassWeighting, CompiledBlueprint, CompiledInput, Fusion, HeadKind, LoraSettings,
 };
 use crate::catalog::Task;
-use crate::encoder::{Encoded, Encoder, Prepared, RawColumn};
+use crate::encoder::{Cell, Encoded, Encoder, FileValue, Prepared, RawColumn};
 use crate::heads::{HeadConfig, Heads, Prediction, Target, serialize_f32};
 use crate::metrics::{self, Metrics};
 use crate::schedule::Schedule;
@@ -47,6 +47,76 @@ use crate::schedule::Schedule;
 #[serde(rename_all = "snake_case")]
 pub enum InputValue {
     Text(String),
+    /// A file of the dataset's archive (image, audio, signal, point cloud, frames).
+    File(FileValue),
+    /// The cells of a tabular input, in the input's column order.
+    Cells(Vec<Cell>),
+    /// The row has no value for this input: encoders mark it absent and fusion masks it.
+    Missing,
+}
+
+impl InputValue {
+    /// What the value is, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InputValue::Text(_) => "text",
+            InputValue::File(_) => "a file",
+            InputValue::Cells(_) => "table cells",
+            InputValue::Missing => "nothing",
+        }
+    }
+}
+
+/// The values of input `i` in `rows` as one column for its encoder. Text stays text (a
+/// missing text is empty); files and cells keep their gaps as `None` and
+/// [`Cell::Missing`], so the encoder can mark them absent.
+pub fn raw_column(rows: &[&Row], i: usize) -> candle_core::Result<RawColumn> {
+    fn value(r: &Row, i: usize) -> candle_core::Result<&InputValue> {
+        r.inputs
+            .get(i)
+            .ok_or_else(|| candle_core::Error::Msg(format!("row has no value for input {i}")))
+    }
+    let first = rows
+        .iter()
+        .map(|r| value(r, i))
+        .find(|v| !matches!(v, Ok(InputValue::Missing)))
+        .transpose()?;
+    let mismatch = |got: &InputValue, want: &str| {
+        candle_core::Error::Msg(format!(
+            "input {i} holds {want} in one row and {} in another",
+            got.kind()
+        ))
+    };
+    match first {
+        None | Some(InputValue::Text(_)) => rows
+            .iter()
+            .map(|r| match value(r, i)? {
+                InputValue::Text(t) => Ok(t.clone()),
+                InputValue::Missing => Ok(String::new()),
+                other => Err(mismatch(other, "text")),
+            })
+            .collect::<candle_core::Result<_>>()
+            .map(RawColumn::Text),
+        Some(InputValue::File(_)) => rows
+            .iter()
+            .map(|r| match value(r, i)? {
+                InputValue::File(f) => Ok(Some(f.clone())),
+                InputValue::Missing => Ok(None),
+                other => Err(mismatch(other, "a file")),
+            })
+            .collect::<candle_core::Result<_>>()
+            .map(RawColumn::Files),
+        Some(InputValue::Cells(_)) => rows
+            .iter()
+            .map(|r| match value(r, i)? {
+                InputValue::Cells(c) => Ok(c.clone()),
+                InputValue::Missing => Ok(Vec::new()),
+                other => Err(mismatch(other, "table cells")),
+            })
+            .collect::<candle_core::Result<_>>()
+            .map(RawColumn::Cells),
+        Some(InputValue::Missing) => unreachable!("missing values were skipped"),
+    }
 }
 
 /// One labelled row: inputs and targets in the blueprint's order.
@@ -252,12 +322,19 @@ impl Model {
         })
     }
 
-    /// Adapter tensors of every encoder, then head tensors, each with its group.
+    /// Adapter tensors of every encoder, then the tensors encoders train in full (at the
+    /// heads' rate: they start from scratch or from a fresh projection), then head
+    /// tensors, each with its group.
     pub fn trainable(&self) -> Vec<(String, Var, Group)> {
         let mut out = Vec::new();
         for (i, enc) in self.encoders.iter().enumerate() {
             for (name, var) in enc.adapter_vars() {
                 out.push((format!("inputs.{i}.{name}"), var, Group::Adapter));
+            }
+        }
+        for (i, enc) in self.encoders.iter().enumerate() {
+            for (name, var) in enc.trained_vars() {
+                out.push((format!("encoders.{i}.{name}"), var, Group::Head));
             }
         }
         for (name, var) in self.heads.vars() {
@@ -278,7 +355,9 @@ impl Model {
     /// True when no encoder carries trainable tensors (the baseline): its outputs do not
     /// change while the heads train.
     fn frozen(&self) -> bool {
-        self.encoders.iter().all(|e| e.adapter_vars().is_empty())
+        self.encoders
+            .iter()
+            .all(|e| e.adapter_vars().is_empty() && e.trained_vars().is_empty())
     }
 
     /// The fused pooled vectors of `rows` in evaluation mode, `(rows, width)`.
@@ -305,16 +384,7 @@ impl Model {
         let mut pooled = Vec::new();
         let mut first = None;
         for (i, enc) in self.encoders.iter().enumerate() {
-            let texts = rows
-                .iter()
-                .map(|r| match r.inputs.get(i) {
-                    Some(InputValue::Text(t)) => Ok(t.clone()),
-                    None => Err(candle_core::Error::Msg(format!(
-                        "row has no value for input {i}"
-                    ))),
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let prepared = enc.prepare(&RawColumn::Text(texts))?;
+            let prepared = enc.prepare(&raw_column(rows, i)?)?;
             let encoded = enc.forward(&prepared, train)?;
             pooled.push(encoded.pooled.clone());
             if i == 0 {
@@ -363,6 +433,7 @@ impl Model {
         }
         let word_ids = match prepared {
             Prepared::Text(t) => Some(t.word_ids),
+            Prepared::Dense(_) => None,
         };
         let tagging = self
             .heads
@@ -387,7 +458,11 @@ impl Model {
     ) -> candle_core::Result<Vec<Vec<Option<usize>>>> {
         let enc = &self.encoders[0];
         let words_in = |texts: Vec<String>| -> candle_core::Result<Vec<usize>> {
-            let Prepared::Text(t) = enc.prepare(&RawColumn::Text(texts))?;
+            let Prepared::Text(t) = enc.prepare(&RawColumn::Text(texts))? else {
+                return Err(candle_core::Error::Msg(
+                    "token tagging needs a text encoder as the first input".into(),
+                ));
+            };
             Ok(t.word_ids
                 .iter()
                 .map(|item| {
@@ -470,7 +545,7 @@ impl Model {
                 .iter()
                 .map(|r| match r.inputs.first() {
                     Some(InputValue::Text(t)) => t.split_whitespace().count(),
-                    None => 0,
+                    _ => 0,
                 })
                 .collect();
             for (o, (head, logits)) in self.heads.heads.iter().zip(&f.outs).enumerate() {

@@ -60,7 +60,10 @@ fn minilm_embeddings_match_the_numpy_reference() {
     // One padded batch: the sentences have 9, 10 and 11 tokens.
     let Prepared::Text(tokenized) = encoder
         .prepare(&RawColumn::Text(sentences.clone()))
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("a text encoder prepares text");
+    };
     let encoded = encoder
         .forward(&Prepared::Text(tokenized.clone()), false)
         .unwrap();

@@ -70,7 +70,9 @@ impl Encoder for ToyEncoder {
     }
 
     fn prepare(&self, raw: &RawColumn) -> Result<Prepared> {
-        let RawColumn::Text(texts) = raw;
+        let RawColumn::Text(texts) = raw else {
+            panic!("the toy encoder reads text");
+        };
         let len = texts
             .iter()
             .map(|t| t.len().min(64))
@@ -117,7 +119,9 @@ impl Encoder for ToyEncoder {
     }
 
     fn forward(&self, input: &Prepared, train: bool) -> Result<Encoded> {
-        let Prepared::Text(t) = input;
+        let Prepared::Text(t) = input else {
+            panic!("the toy encoder runs on text");
+        };
         let (b, s) = t.ids.dims2()?;
         let flat = t.ids.flatten_all()?;
         let mut tokens = self.table.index_select(&flat, 0)?;
@@ -143,6 +147,7 @@ impl Encoder for ToyEncoder {
             tokens,
             mask: t.mask.clone(),
             pooled,
+            present: None,
         })
     }
 
@@ -714,7 +719,9 @@ fn multi_label_and_regression_train_end_to_end() {
             let Target::Class(c) = r.targets[0] else {
                 unreachable!()
             };
-            let InputValue::Text(t) = &r.inputs[0];
+            let InputValue::Text(t) = &r.inputs[0] else {
+                unreachable!()
+            };
             let mut labels = vec![c];
             if t.len() > 22 {
                 labels.push(3);

@@ -317,6 +317,7 @@ impl TextEncoder {
             tokens,
             mask: input.mask.to_dtype(DType::F32)?,
             pooled,
+            present: None,
         })
     }
 
@@ -334,12 +335,19 @@ impl Encoder for TextEncoder {
     fn prepare(&self, raw: &RawColumn) -> Result<Prepared> {
         match raw {
             RawColumn::Text(texts) => Ok(Prepared::Text(self.tokenize(texts)?)),
+            other => Err(candle_core::Error::Msg(format!(
+                "a text encoder reads text, not {}",
+                other.kind()
+            ))),
         }
     }
 
     fn forward(&self, input: &Prepared, train: bool) -> Result<Encoded> {
         match input {
             Prepared::Text(tokenized) => self.encode_tokenized(tokenized, train),
+            Prepared::Dense(_) => Err(candle_core::Error::Msg(
+                "a text encoder runs on tokenized text".into(),
+            )),
         }
     }
 
