@@ -10,6 +10,9 @@
 //! This crate knows nothing of tensors: the dataset validator uses it to check each file
 //! of an upload, and the encoders of `tailor-modules` to prepare their input.
 
+pub mod pointcloud;
+pub mod signal;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Bounds on what one file may decode to.
