@@ -9,6 +9,7 @@ pub mod blueprint;
 pub mod catalog;
 pub mod encoder;
 pub mod estimate;
+pub mod gguf;
 pub mod evaluate;
 pub mod heads;
 pub mod lora;

@@ -5,6 +5,7 @@
 //! (all-MiniLM-L6-v2, the same code on that checkpoint).
 
 pub mod bert;
+pub mod gemma3;
 
 use std::path::{Path, PathBuf};
 
