@@ -10,6 +10,7 @@
 //! This crate knows nothing of tensors: the dataset validator uses it to check each file
 //! of an upload, and the encoders of `tailor-modules` to prepare their input.
 
+pub mod audio;
 pub mod pointcloud;
 pub mod signal;
 
