@@ -7,6 +7,7 @@
 pub mod artifact;
 pub mod blueprint;
 pub mod catalog;
+pub mod checkpoint;
 pub mod encoder;
 pub mod estimate;
 pub mod gguf;
