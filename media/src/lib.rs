@@ -11,6 +11,7 @@
 //! of an upload, and the encoders of `tailor-modules` to prepare their input.
 
 pub mod audio;
+pub mod check;
 pub mod pointcloud;
 pub mod signal;
 

@@ -230,7 +230,19 @@ impl DatasetSchema {
         columns: impl IntoIterator<Item = (&'a str, &'a str)>,
         blueprint: &Blueprint,
     ) -> Self {
-        Self::new(columns.into_iter().map(|(name, ty)| {
+        Self::from_dataset_files(columns.into_iter().map(|(n, t)| (n, t, None)), blueprint)
+    }
+
+    /// [`DatasetSchema::from_dataset`] where each column may also say what its files are
+    /// (the dataset profile's modality: `image`, `audio`, `video`, `sensor`,
+    /// `pointcloud`). A file column of a known modality keeps it, so an input of another
+    /// modality that reads it is an error naming the field and the column; without one
+    /// (or `other`) the column takes the modality of the input that reads it.
+    pub fn from_dataset_files<'a>(
+        columns: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+        blueprint: &Blueprint,
+    ) -> Self {
+        Self::new(columns.into_iter().map(|(name, ty, files)| {
             let tagging = blueprint
                 .outputs
                 .iter()
@@ -241,11 +253,16 @@ impl DatasetSchema {
                 "number" => ColumnType::Number,
                 "multi_label" => ColumnType::MultiLabel,
                 "file" => ColumnType::File {
-                    modality: blueprint
-                        .inputs
-                        .iter()
-                        .find(|i| i.name == name)
-                        .and_then(|i| Modality::parse(&i.modality))
+                    modality: files
+                        .and_then(Modality::parse)
+                        .filter(|m| *m != Modality::Text && *m != Modality::Tabular)
+                        .or_else(|| {
+                            blueprint
+                                .inputs
+                                .iter()
+                                .find(|i| i.name == name)
+                                .and_then(|i| Modality::parse(&i.modality))
+                        })
                         .unwrap_or(Modality::Image),
                 },
                 _ => ColumnType::Text,

@@ -31,8 +31,8 @@ use thiserror::Error;
 
 use crate::artifact::{ArtifactError, ArtifactSet, MANIFEST, sha256_hex};
 use crate::blueprint::{CompiledBlueprint, CompiledInput};
-use crate::catalog::{Catalog, Task, WeightSource};
-use crate::encoder::{Encoded, Encoder, Prepared, RawColumn};
+use crate::catalog::{Catalog, Modality, Task, WeightSource};
+use crate::encoder::{Cell, Encoded, Encoder, FileValue, Prepared, RawColumn};
 use crate::evaluate::EvaluationReport;
 use crate::heads::{HeadConfig, Heads, Prediction, Target};
 use crate::lora::LoraConfig;
@@ -979,14 +979,84 @@ fn split_delimited(text: &str, delimiter: char) -> anyhow::Result<Vec<Vec<String
     Ok(records)
 }
 
+/// The files of a dataset's archive, by their path relative to the manifest's folder (the
+/// paths the manifest's rows give). Bytes are shared: rows that name one file hold one copy.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveFiles {
+    files: HashMap<String, Arc<[u8]>>,
+}
+
+impl ArchiveFiles {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, path: impl Into<String>, bytes: impl Into<Arc<[u8]>>) {
+        self.files.insert(path.into(), bytes.into());
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The file a manifest value names (`\` read as `/`, a leading `./` ignored).
+    pub fn get(&self, value: &str) -> Option<FileValue> {
+        let path = value.trim().replace('\\', "/");
+        let path = path.trim_start_matches("./");
+        self.files
+            .get_key_value(path)
+            .map(|(p, b)| FileValue::new(p.clone(), b.clone()))
+    }
+}
+
+impl FromIterator<(String, Vec<u8>)> for ArchiveFiles {
+    fn from_iter<I: IntoIterator<Item = (String, Vec<u8>)>>(iter: I) -> Self {
+        Self {
+            files: iter.into_iter().map(|(p, b)| (p, b.into())).collect(),
+        }
+    }
+}
+
+/// Where the values of a blueprint's inputs come from beside the table itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowSources<'a> {
+    /// The archive the table is the manifest of: a file column's value names one of its
+    /// files. `None`: a plain table (file inputs are then an error).
+    pub files: Option<&'a ArchiveFiles>,
+    /// The dataset's number columns (tabular inputs read them as numbers, every other
+    /// column as categories). `None`: a column is a number column when every non-empty
+    /// value of the records parses as a number.
+    pub number_columns: Option<&'a BTreeSet<String>>,
+}
+
 /// Labelled rows for `blueprint` from table records: input columns by input name, target
 /// columns by output name. Label vocabularies come from `labels` when given (the training
 /// set's, for a test set), else from the records (sorted). Multi-label values are split
-/// on `|`, tagging values on whitespace (one tag per word of the first input).
+/// on `|`, tagging values on whitespace (one tag per word of the first input). Text
+/// inputs only: [`examples_from_records`] reads files and table cells too.
 pub fn examples_from_table(
     blueprint: &CompiledBlueprint,
     records: &[HashMap<String, String>],
     labels: Option<&[Vec<String>]>,
+) -> anyhow::Result<Examples> {
+    examples_from_records(blueprint, records, labels, RowSources::default())
+}
+
+/// [`examples_from_table`] for inputs of every modality: a text input's value is its
+/// column's text; a file input's value names a file of `sources.files`
+/// ([`InputValue::File`]); a tabular input's value is the cells of its columns
+/// ([`InputValue::Cells`], see [`crate::tabular`]). An empty file or tabular value is
+/// [`InputValue::Missing`]. A file the archive does not hold is an error naming the row,
+/// the input and the path.
+pub fn examples_from_records(
+    blueprint: &CompiledBlueprint,
+    records: &[HashMap<String, String>],
+    labels: Option<&[Vec<String>]>,
+    sources: RowSources<'_>,
 ) -> anyhow::Result<Examples> {
     let split = |task: Task, v: &str| -> Vec<String> {
         match task {
@@ -1018,6 +1088,11 @@ pub fn examples_from_table(
             })
             .collect(),
     };
+    let readers = blueprint
+        .inputs
+        .iter()
+        .map(|input| InputReader::new(input, records, sources))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut rows = Vec::with_capacity(records.len());
     for (n, record) in records.iter().enumerate() {
         let get = |col: &str| {
@@ -1028,7 +1103,8 @@ pub fn examples_from_table(
         let inputs = blueprint
             .inputs
             .iter()
-            .map(|i| Ok(InputValue::Text(get(&i.name)?.clone())))
+            .zip(&readers)
+            .map(|(input, reader)| reader.value(n, input, record))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut targets = Vec::new();
         for (o, out) in blueprint.outputs.iter().enumerate() {
@@ -1065,6 +1141,98 @@ pub fn examples_from_table(
         rows.push(Row { inputs, targets });
     }
     Ok(Examples { labels, rows })
+}
+
+/// How one input's value is read from a record.
+enum InputReader<'a> {
+    Text,
+    File(&'a ArchiveFiles),
+    /// The columns of a tabular input, each with whether it holds numbers.
+    Cells(Vec<(String, bool)>),
+}
+
+impl<'a> InputReader<'a> {
+    fn new(
+        input: &CompiledInput,
+        records: &[HashMap<String, String>],
+        sources: RowSources<'a>,
+    ) -> anyhow::Result<Self> {
+        match input.modality {
+            Modality::Text => Ok(InputReader::Text),
+            Modality::Tabular => Ok(InputReader::Cells(
+                crate::tabular::columns(input)
+                    .into_iter()
+                    .map(|col| {
+                        let number = match sources.number_columns {
+                            Some(numbers) => numbers.contains(&col),
+                            None => records
+                                .iter()
+                                .filter_map(|r| r.get(&col))
+                                .all(|v| matches!(crate::tabular::cell(v, true), Ok(_))),
+                        };
+                        (col, number)
+                    })
+                    .collect(),
+            )),
+            modality => match sources.files {
+                Some(files) => Ok(InputReader::File(files)),
+                None => bail!(
+                    "input `{}` reads {modality} files: the dataset must be a ZIP archive \
+                     holding them, with this table as its manifest",
+                    input.name
+                ),
+            },
+        }
+    }
+
+    fn value(
+        &self,
+        n: usize,
+        input: &CompiledInput,
+        record: &HashMap<String, String>,
+    ) -> anyhow::Result<InputValue> {
+        let get = |col: &str| {
+            record
+                .get(col)
+                .ok_or_else(|| anyhow!("row {}: no column `{col}`", n + 1))
+        };
+        match self {
+            InputReader::Text => Ok(InputValue::Text(get(&input.name)?.clone())),
+            InputReader::File(files) => {
+                let value = get(&input.name)?;
+                if value.trim().is_empty() {
+                    return Ok(InputValue::Missing);
+                }
+                files.get(value).map(InputValue::File).ok_or_else(|| {
+                    anyhow!(
+                        "row {}: input `{}` names the file {value:?}, which is not in the \
+                         dataset's archive",
+                        n + 1,
+                        input.name
+                    )
+                })
+            }
+            InputReader::Cells(columns) => {
+                let cells = columns
+                    .iter()
+                    .map(|(col, number)| {
+                        crate::tabular::cell(get(col)?, *number).map_err(|e| {
+                            anyhow!(
+                                "row {}: column `{col}` of input `{}`: {e}",
+                                n + 1,
+                                input.name
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                if cells.iter().all(|c| *c == Cell::Missing) {
+                    Ok(InputValue::Missing)
+                } else {
+                    Ok(InputValue::Cells(cells))
+                }
+            }
+        }
+    }
 }
 
 /// SHA-256 of a data file, for [`DatasetInfo`].
