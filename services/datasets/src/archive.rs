@@ -6,16 +6,22 @@
 //! headers claim. Then the manifest is validated like any table, and each row's file
 //! must be in the archive.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Seek, SeekFrom};
 
 use sha2::{Digest, Sha256};
 use zip::ZipArchive;
 
+use base64::Engine;
+use tailor_media::check::{Kind, Summary};
+
 use crate::DatasetError;
+use crate::media::{FileCheck, THUMBNAIL_SIDE, THUMBNAILS_MADE};
 use crate::profile::{ArchiveProfile, TableFormat};
 use crate::schema::Modality;
-use crate::validator::{ArchiveIndex, DatasetReport, ValidationOptions, Validator, validate_table};
+use crate::validator::{
+    ArchiveIndex, DatasetReport, Limits, ValidationOptions, Validator, validate_table,
+};
 use crate::warnings::{Warning, WarningKind};
 
 /// Validates a ZIP archive whose manifest (`manifest.csv`, `manifest.tsv` or
@@ -78,6 +84,8 @@ pub fn validate_archive<R: Read + Seek>(
     }
 
     let mut files = Vec::new();
+    let mut checks: HashMap<String, FileCheck> = HashMap::new();
+    let mut thumbnails: HashMap<String, String> = HashMap::new();
     let mut unpacked = 0u64;
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| DatasetError::CorruptEntry {
@@ -92,20 +100,60 @@ pub fn validate_archive<R: Read + Seek>(
         if entry.is_dir() {
             continue;
         }
-        // Unpack into nothing, at most one byte past the budget: the size is measured,
-        // not taken from the headers.
+        // Unpack, at most one byte past the budget: the size is measured, not taken from
+        // the headers. A media file's first bytes (up to its own limit) are kept to be
+        // decoded; the rest of every entry goes into nothing.
         let budget = limits.max_unpacked_bytes - unpacked;
-        let n = io::copy(&mut (&mut entry).take(budget + 1), &mut io::sink()).map_err(|e| {
-            DatasetError::CorruptEntry {
-                path: name.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let corrupt = |e: io::Error| DatasetError::CorruptEntry {
+            path: name.clone(),
+            reason: e.to_string(),
+        };
+        let media = !is_ignored(&name) && Kind::of_path(&name).is_some();
+        let mut kept = Vec::new();
+        if media {
+            let keep = (budget + 1).min(limits.media.max_bytes.saturating_add(1));
+            (&mut entry)
+                .take(keep)
+                .read_to_end(&mut kept)
+                .map_err(corrupt)?;
+        }
+        let n = kept.len() as u64
+            + io::copy(
+                &mut (&mut entry).take(budget + 1 - kept.len() as u64),
+                &mut io::sink(),
+            )
+            .map_err(corrupt)?;
         unpacked += n;
         if n > budget {
             return Err(DatasetError::UnpackedTooLarge {
                 limit: limits.max_unpacked_bytes,
             });
+        }
+        if media {
+            let check = if n > limits.media.max_bytes {
+                FileCheck::Failed(
+                    tailor_media::MediaError::too_large(
+                        "the file",
+                        format!("{n} bytes"),
+                        format!("{} bytes", limits.media.max_bytes),
+                    )
+                    .to_string(),
+                )
+            } else {
+                match tailor_media::check::check(&name, &kept, &limits.media) {
+                    Ok(summary) => {
+                        if matches!(summary, Summary::Image { .. })
+                            && thumbnails.len() < THUMBNAILS_MADE
+                            && let Some(uri) = thumbnail(&kept, &limits.media)
+                        {
+                            thumbnails.insert(name.clone(), uri);
+                        }
+                        FileCheck::Decoded(summary)
+                    }
+                    Err(e) => FileCheck::Failed(e.to_string()),
+                }
+            };
+            checks.insert(name.clone(), check);
         }
         if !is_ignored(&name) {
             files.push(name);
@@ -113,36 +161,7 @@ pub fn validate_archive<R: Read + Seek>(
     }
 
     let root = common_root(&files);
-    let mut tables: Vec<&String> = files
-        .iter()
-        .filter(|f| {
-            f.strip_prefix(root.as_str())
-                .is_some_and(|rest| !rest.contains('/'))
-                && !f.to_ascii_lowercase().ends_with(".txt")
-                && TableFormat::from_file_name(f).is_some()
-        })
-        .collect();
-    let manifests: Vec<&String> = tables
-        .iter()
-        .copied()
-        .filter(|f| {
-            f[root.len()..]
-                .to_ascii_lowercase()
-                .starts_with("manifest.")
-        })
-        .collect();
-    if !manifests.is_empty() {
-        tables = manifests;
-    }
-    let manifest = match tables.as_slice() {
-        [] => return Err(DatasetError::NoManifest),
-        [one] => (*one).clone(),
-        many => {
-            return Err(DatasetError::AmbiguousManifest {
-                candidates: many.iter().map(|s| s.to_string()).collect(),
-            });
-        }
-    };
+    let manifest = find_manifest(&files, &root)?;
 
     let index = ArchiveIndex {
         manifest: manifest.clone(),
@@ -152,6 +171,14 @@ pub fn validate_archive<R: Read + Seek>(
             .map(|f| f[root.len()..].to_string())
             .collect(),
         referenced: HashSet::new(),
+        checks: checks
+            .into_iter()
+            .filter_map(|(f, c)| Some((f.strip_prefix(root.as_str())?.to_string(), c)))
+            .collect(),
+        thumbnails: thumbnails
+            .into_iter()
+            .filter_map(|(f, t)| Some((f.strip_prefix(root.as_str())?.to_string(), t)))
+            .collect(),
     };
     let mut manifest_options = options;
     manifest_options.format = TableFormat::from_file_name(&manifest);
@@ -209,6 +236,116 @@ pub fn validate_archive<R: Read + Seek>(
     Ok(report)
 }
 
+/// An archive's manifest and files, unpacked for training: paths are relative to the
+/// manifest's folder (the paths its rows give).
+#[derive(Debug, Clone)]
+pub struct ArchiveContents {
+    /// Path of the manifest inside the archive (its extension says the table format).
+    pub manifest_path: String,
+    pub manifest: Vec<u8>,
+    /// Every other file (OS litter left out), by path relative to the manifest's folder.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Unpacks a ZIP archive that [`validate_archive`] accepted: finds its manifest the same
+/// way and reads every file into memory (at most `limits.max_unpacked_bytes`, measured),
+/// with the same refusals of unsafe names, symbolic links and bombs.
+pub fn read_archive<R: Read + Seek>(
+    mut reader: R,
+    limits: &Limits,
+) -> Result<ArchiveContents, DatasetError> {
+    reader.seek(SeekFrom::Start(0))?;
+    let mut zip = ZipArchive::new(reader).map_err(|e| DatasetError::NotAZip {
+        reason: e.to_string(),
+    })?;
+    if zip.len() > limits.max_archive_entries {
+        return Err(DatasetError::TooManyEntries {
+            limit: limits.max_archive_entries,
+        });
+    }
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut unpacked = 0u64;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| DatasetError::CorruptEntry {
+            path: format!("number {}", i + 1),
+            reason: e.to_string(),
+        })?;
+        let name = String::from_utf8_lossy(entry.name_raw()).into_owned();
+        check_entry_name(&name)?;
+        if entry.is_symlink() {
+            return Err(DatasetError::Symlink { path: name });
+        }
+        if entry.is_dir() || is_ignored(&name) {
+            continue;
+        }
+        let budget = limits.max_unpacked_bytes - unpacked;
+        let mut bytes = Vec::new();
+        (&mut entry)
+            .take(budget + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| DatasetError::CorruptEntry {
+                path: name.clone(),
+                reason: e.to_string(),
+            })?;
+        unpacked += bytes.len() as u64;
+        if bytes.len() as u64 > budget {
+            return Err(DatasetError::UnpackedTooLarge {
+                limit: limits.max_unpacked_bytes,
+            });
+        }
+        entries.push((name, bytes));
+    }
+    let names: Vec<String> = entries.iter().map(|(n, _)| n.clone()).collect();
+    let root = common_root(&names);
+    let manifest_path = find_manifest(&names, &root)?;
+    let mut manifest = Vec::new();
+    let mut files = Vec::new();
+    for (name, bytes) in entries {
+        if name == manifest_path {
+            manifest = bytes;
+        } else {
+            files.push((name[root.len()..].to_string(), bytes));
+        }
+    }
+    Ok(ArchiveContents {
+        manifest_path,
+        manifest,
+        files,
+    })
+}
+
+/// The manifest among `files`: `manifest.*` at the top level (`root`), or the only table
+/// there.
+fn find_manifest(files: &[String], root: &str) -> Result<String, DatasetError> {
+    let mut tables: Vec<&String> = files
+        .iter()
+        .filter(|f| {
+            f.strip_prefix(root).is_some_and(|rest| !rest.contains('/'))
+                && !f.to_ascii_lowercase().ends_with(".txt")
+                && TableFormat::from_file_name(f).is_some()
+        })
+        .collect();
+    let manifests: Vec<&String> = tables
+        .iter()
+        .copied()
+        .filter(|f| {
+            f[root.len()..]
+                .to_ascii_lowercase()
+                .starts_with("manifest.")
+        })
+        .collect();
+    if !manifests.is_empty() {
+        tables = manifests;
+    }
+    match tables.as_slice() {
+        [] => Err(DatasetError::NoManifest),
+        [one] => Ok((*one).clone()),
+        many => Err(DatasetError::AmbiguousManifest {
+            candidates: many.iter().map(|s| s.to_string()).collect(),
+        }),
+    }
+}
+
 /// Validates an upload of either kind: a ZIP archive (recognized by its first bytes) goes
 /// to [`validate_archive`], anything else to [`validate_table`] — with the format taken
 /// from `file_name`'s extension when `options.format` is not set.
@@ -238,6 +375,15 @@ pub fn validate_upload<R: Read + Seek>(
         options.format = file_name.and_then(TableFormat::from_file_name);
     }
     validate_table(reader, options)
+}
+
+/// A small PNG of an image as a data URI, when the image can be decoded and shrunk.
+fn thumbnail(bytes: &[u8], limits: &tailor_media::Limits) -> Option<String> {
+    let png = tailor_media::check::thumbnail_png(bytes, limits, THUMBNAIL_SIDE).ok()??;
+    Some(format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    ))
 }
 
 /// Refuses entry names that could write outside a folder they are unpacked into.

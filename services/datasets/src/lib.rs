@@ -50,15 +50,17 @@
 mod archive;
 mod decode;
 pub mod error;
+mod media;
 mod parse;
 mod profile;
 mod schema;
 mod validator;
 mod warnings;
 
-pub use archive::{validate_archive, validate_upload};
+pub use archive::{ArchiveContents, read_archive, validate_archive, validate_upload};
 pub use decode::TextEncoding;
 pub use error::{DatasetError, RowError};
+pub use media::{AudioSummary, ImageSummary, MediaProfile, SignalSummary, Thumbnail};
 pub use profile::{
     ArchiveProfile, ColumnProfile, LengthBin, LengthStats, NumberStats, Profile, SampleRow,
     TableFormat, TypeSource, ValueCount,

@@ -114,6 +114,9 @@ pub struct ColumnProfile {
     pub length: Option<LengthStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<NumberStats>,
+    /// For `file` columns of an archive: what their files decoded to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<crate::media::MediaProfile>,
 }
 
 /// One of the first rows, as text, for the portal to show.

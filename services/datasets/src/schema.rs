@@ -55,6 +55,7 @@ impl Modality {
     /// use tailor_datasets::Modality;
     /// assert_eq!(Modality::from_path("scans/001.PNG"), Modality::Image);
     /// assert_eq!(Modality::from_path("eeg/night.edf"), Modality::Sensor);
+    /// assert_eq!(Modality::from_path("vibration/7.csv"), Modality::Sensor);
     /// assert_eq!(Modality::from_path("notes.txt"), Modality::Other);
     /// ```
     pub fn from_path(path: &str) -> Modality {
@@ -67,8 +68,12 @@ impl Modality {
                 Modality::Image
             }
             "wav" | "mp3" | "flac" | "ogg" | "m4a" | "aac" | "opus" => Modality::Audio,
-            "mp4" | "mov" | "avi" | "mkv" | "webm" | "m4v" => Modality::Video,
-            "edf" | "bdf" | "npy" | "npz" | "h5" | "hdf5" | "mat" => Modality::Sensor,
+            // A clip is a video file or an archive of its frames.
+            "mp4" | "mov" | "avi" | "mkv" | "webm" | "m4v" | "zip" | "tar" => Modality::Video,
+            // A recording per file: a table of channels (CSV/TSV with a header) or an array.
+            "csv" | "tsv" | "edf" | "bdf" | "npy" | "npz" | "h5" | "hdf5" | "mat" => {
+                Modality::Sensor
+            }
             "ply" | "pcd" | "las" | "laz" | "xyz" => Modality::Pointcloud,
             _ => Modality::Other,
         }

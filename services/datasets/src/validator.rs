@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::decode::{StartError, TextDecoder};
+use crate::media::{FileCheck, MediaStats};
 use crate::parse::{CsvParser, JsonlParser, RecordSink, sniff_delimiter};
 use crate::profile::{
     ColumnProfile, ColumnStats, MAX_DISTINCT, Profile, SampleRow, TOP_K, TableFormat, TypeSource,
@@ -22,7 +23,7 @@ use crate::{DatasetError, RowError};
 
 /// Limits that keep validation safe and its memory bounded. The defaults suit the
 /// "small labelled dataset" Tailor is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Largest upload (table file, or ZIP file) in bytes; past it: [`DatasetError::TooLarge`].
     pub max_bytes: u64,
@@ -40,6 +41,9 @@ pub struct Limits {
     /// Rows whose hashes are kept to find duplicates and conflicting labels
     /// (about 24 bytes per row and per label column).
     pub max_tracked_rows: u64,
+    /// Bounds on what each file of an archive may decode to (bytes, pixels, seconds,
+    /// samples, points, frames).
+    pub media: tailor_media::Limits,
 }
 
 impl Default for Limits {
@@ -53,12 +57,13 @@ impl Default for Limits {
             max_archive_entries: 100_000,
             max_unpacked_bytes: 4 << 30,
             max_tracked_rows: 10_000_000,
+            media: tailor_media::Limits::default(),
         }
     }
 }
 
 /// How to read and check an upload.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ValidationOptions {
     /// `None`: JSONL if the first character is `{`, CSV otherwise. Use
     /// [`TableFormat::from_file_name`] when the upload's name is known.
@@ -362,6 +367,10 @@ pub(crate) struct ArchiveIndex {
     pub files: HashSet<String>,
     /// Files named by some row.
     pub referenced: HashSet<String>,
+    /// What each media file decoded to (by path relative to the manifest's folder).
+    pub checks: HashMap<String, FileCheck>,
+    /// PNG data URIs of the first images, by path.
+    pub thumbnails: HashMap<String, String>,
 }
 
 /// A value of one column in one row.
@@ -473,6 +482,8 @@ struct Sink {
     warmup_bytes: usize,
     /// Names given to header cells that were empty.
     unnamed_columns: Vec<String>,
+    /// What the files of each `file` column decoded to.
+    media: HashMap<usize, MediaStats>,
 }
 
 impl Sink {
@@ -502,6 +513,7 @@ impl Sink {
             warmup: Vec::new(),
             warmup_bytes: 0,
             unnamed_columns: Vec::new(),
+            media: HashMap::new(),
         }
     }
 
@@ -843,10 +855,24 @@ impl Sink {
             .or_default()
             .entry(Modality::from_path(&path))
             .or_default() += 1;
+        let problem = match archive.checks.get(&path) {
+            Some(FileCheck::Failed(reason)) => {
+                Some(format!("file \"{}\": {reason}", truncate(&path, 120)))
+            }
+            Some(FileCheck::Decoded(summary)) => {
+                self.media.entry(column).or_default().observe(
+                    &path,
+                    summary,
+                    archive.thumbnails.get(&path),
+                );
+                None
+            }
+            None => None,
+        };
         if !archive.referenced.contains(&path) {
             archive.referenced.insert(path);
         }
-        None
+        problem
     }
 
     fn finish(
@@ -924,6 +950,7 @@ impl Sink {
                 top_values: Vec::new(),
                 length: None,
                 number: None,
+                media: self.media.remove(&i).map(MediaStats::finish),
             };
             if stats.present == 0 {
                 warnings.push(Warning::new(WarningKind::EmptyColumn {

@@ -35,7 +35,42 @@ fn check_with(bytes: Vec<u8>, limits: Limits) -> Result<DatasetReport, DatasetEr
     validate_archive(Cursor::new(bytes), options)
 }
 
-const PNG: &[u8] = b"\x89PNG\r\n\x1a\n fake image";
+/// A real 4×3 PNG.
+fn png() -> &'static [u8] {
+    static PNG: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| tailor_media::check::encode_png(4, 3, &[90; 36]).unwrap());
+    &PNG
+}
+
+/// A real WAV: 0.25 s of a tone, 16-bit mono at 8 kHz.
+fn wav() -> &'static [u8] {
+    static WAV: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| wav_of(8000, 2000));
+    &WAV
+}
+
+fn wav_of(rate: u32, samples: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..samples)
+        .flat_map(|i| (((i as f32 * 0.05).sin() * 8000.0) as i16).to_le_bytes())
+        .collect();
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [1u16, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    for v in [2u16, 16] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&data);
+    out
+}
 
 fn scans_manifest(rows: usize) -> String {
     let mut csv = String::from("file,finding\n");
@@ -50,8 +85,8 @@ fn a_manifest_with_its_files_is_accepted() {
     let manifest = scans_manifest(12);
     let names: Vec<String> = (0..12).map(|i| format!("scans/{i}.png")).collect();
     let mut entries: Vec<(&str, &[u8])> = vec![("manifest.csv", manifest.as_bytes())];
-    entries.extend(names.iter().map(|n| (n.as_str(), PNG)));
-    entries.push(("extra/notes.wav", b"RIFF"));
+    entries.extend(names.iter().map(|n| (n.as_str(), png())));
+    entries.push(("extra/notes.wav", wav()));
     let bytes = zip_of(&entries);
     let size = bytes.len() as u64;
     let report = check(bytes).unwrap();
@@ -82,7 +117,7 @@ fn a_row_naming_a_missing_file_is_a_row_error() {
     manifest.push_str("scans/missing.png,normal\n./scans/0.png,normal\n../outside.png,nodule\n");
     let names: Vec<String> = (0..4).map(|i| format!("scans/{i}.png")).collect();
     let mut entries: Vec<(&str, &[u8])> = vec![("manifest.csv", manifest.as_bytes())];
-    entries.extend(names.iter().map(|n| (n.as_str(), PNG)));
+    entries.extend(names.iter().map(|n| (n.as_str(), png())));
     let report = check(zip_of(&entries)).unwrap();
     assert_eq!(report.status, Status::Rejected);
     let messages: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
@@ -110,7 +145,7 @@ fn one_top_folder_jsonl_manifest_and_os_litter() {
         ("__MACOSX/dataset/._manifest.jsonl", b"junk"),
         ("dataset/.DS_Store", b"junk"),
     ];
-    entries.extend(names.iter().map(|n| (n.as_str(), b"RIFF....".as_slice())));
+    entries.extend(names.iter().map(|n| (n.as_str(), wav())));
     let report = check(zip_of(&entries)).unwrap();
     assert_eq!(report.status, Status::Accepted, "{:?}", report.errors);
     assert_eq!(
@@ -136,8 +171,8 @@ fn the_only_table_at_the_top_is_the_manifest() {
     let manifest = scans_manifest(2);
     let report = check(zip_of(&[
         ("labels.csv", manifest.as_bytes()),
-        ("scans/0.png", PNG),
-        ("scans/1.png", PNG),
+        ("scans/0.png", png()),
+        ("scans/1.png", png()),
         ("scans/readme.csv", b"a\n1\n"),
     ]))
     .unwrap();
@@ -150,7 +185,7 @@ fn same_file_with_different_labels_is_a_warning() {
     manifest.push_str("scans/0.png,nodule\n");
     let names: Vec<String> = (0..10).map(|i| format!("scans/{i}.png")).collect();
     let mut entries: Vec<(&str, &[u8])> = vec![("manifest.csv", manifest.as_bytes())];
-    entries.extend(names.iter().map(|n| (n.as_str(), PNG)));
+    entries.extend(names.iter().map(|n| (n.as_str(), png())));
     let report = check(zip_of(&entries)).unwrap();
     assert!(
         report
@@ -165,7 +200,7 @@ fn same_file_with_different_labels_is_a_warning() {
 #[test]
 fn no_manifest_or_several_tables() {
     assert_eq!(
-        check(zip_of(&[("a.png", PNG)])).unwrap_err().code(),
+        check(zip_of(&[("a.png", png())])).unwrap_err().code(),
         "no_manifest"
     );
     let err = check(zip_of(&[("a.csv", b"x\n1\n"), ("b.jsonl", b"{}\n")])).unwrap_err();
@@ -192,7 +227,7 @@ fn path_traversal_is_refused() {
         err.to_string(),
         "the archive entry \"../../etc/cron.d/x\" points outside the archive (\"..\"); the archive is refused for safety"
     );
-    let err = check(zip_of(&[("images/../../x.png", PNG)])).unwrap_err();
+    let err = check(zip_of(&[("images/../../x.png", png())])).unwrap_err();
     assert_eq!(err.code(), "unsafe_path");
 }
 
@@ -290,7 +325,7 @@ fn a_bomb_whose_headers_lie_is_still_refused() {
 #[test]
 fn too_many_entries() {
     let names: Vec<String> = (0..20).map(|i| format!("{i}.png")).collect();
-    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), PNG)).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), png())).collect();
     let limits = Limits {
         max_archive_entries: 10,
         ..Default::default()
@@ -315,8 +350,8 @@ fn validate_upload_picks_archive_or_table() {
     let manifest = scans_manifest(2);
     let zip = zip_of(&[
         ("manifest.csv", manifest.as_bytes()),
-        ("scans/0.png", PNG),
-        ("scans/1.png", PNG),
+        ("scans/0.png", png()),
+        ("scans/1.png", png()),
     ]);
     let report = validate_upload(
         Cursor::new(zip),
@@ -344,8 +379,8 @@ fn a_manifest_naming_only_missing_images_is_rejected_not_read_as_text() {
     let manifest = "image,label\nimages/a.png,x\nimages/b.png,y\nimages/c.png,x\n";
     let report = check(zip_of(&[
         ("manifest.csv", manifest.as_bytes()),
-        ("data/a.png", PNG),
-        ("data/b.png", PNG),
+        ("data/a.png", png()),
+        ("data/b.png", png()),
     ]))
     .unwrap();
     assert_eq!(report.profile.columns[0].column_type, ColumnType::File);
@@ -374,7 +409,7 @@ fn a_schema_file_column_first_seen_late_in_jsonl_is_checked() {
     let report = validate_archive(
         Cursor::new(zip_of(&[
             ("manifest.jsonl", manifest.as_bytes()),
-            ("x.png", PNG),
+            ("x.png", png()),
         ])),
         options,
     )
@@ -391,10 +426,10 @@ fn warning_mixed_modalities_in_one_column() {
     let manifest = "file,label\na.png,x\nb.wav,y\nc.png,x\nd.wav,y\n";
     let report = check(zip_of(&[
         ("manifest.csv", manifest.as_bytes()),
-        ("a.png", PNG),
-        ("b.wav", b"RIFF"),
-        ("c.png", PNG),
-        ("d.wav", b"RIFF"),
+        ("a.png", png()),
+        ("b.wav", wav()),
+        ("c.png", png()),
+        ("d.wav", wav()),
     ]))
     .unwrap();
     assert_eq!(report.status, Status::Accepted);
@@ -403,4 +438,94 @@ fn warning_mixed_modalities_in_one_column() {
             |w| matches!(&w.kind, WarningKind::MixedModalities { column } if column == "file")
         )
     );
+}
+
+#[test]
+fn a_file_that_does_not_decode_is_an_error_of_its_rows_and_nothing_else_is_lost() {
+    let manifest = "clip,label\n\
+                    a.wav,x\n\
+                    b.wav,y\n\
+                    broken.wav,x\n\
+                    c.wav,y\n\
+                    gone.wav,x\n\
+                    broken.wav,y\n";
+    let long = wav_of(8000, 8000);
+    let report = check(zip_of(&[
+        ("manifest.csv", manifest.as_bytes()),
+        ("a.wav", wav()),
+        ("b.wav", &long),
+        ("c.wav", wav()),
+        // A WAV cut inside its header.
+        ("broken.wav", &wav()[..30]),
+    ]))
+    .unwrap();
+    assert_eq!(report.status, Status::Rejected);
+    assert_eq!(report.error_count, 3);
+    let messages: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        messages[0].starts_with(
+            "manifest.csv, line 4, column \"clip\": file \"broken.wav\": the file cannot be read"
+        ),
+        "{messages:?}"
+    );
+    assert_eq!(
+        messages[1],
+        "manifest.csv, line 6, column \"clip\": file \"gone.wav\" is not in the archive"
+    );
+    assert!(messages[2].starts_with("manifest.csv, line 7, column \"clip\": file \"broken.wav\""));
+    // Every row was read and profiled; the files that decoded are summarized.
+    assert_eq!(report.profile.rows, 6);
+    assert_eq!(report.profile.rows_with_errors, 3);
+    let clip = &report.profile.columns[0];
+    assert_eq!(clip.modality, Some(Modality::Audio));
+    let media = clip.media.as_ref().expect("a media profile");
+    assert_eq!(media.decoded, 3);
+    let audio = media.audio.as_ref().expect("audio durations");
+    assert_eq!(audio.seconds.min, 0.25);
+    assert_eq!(audio.seconds.max, 1.0);
+    assert_eq!(audio.seconds.mean, 0.5);
+    assert_eq!(audio.sample_rates[0].value, "8000");
+    assert_eq!(audio.sample_rates[0].count, 3);
+}
+
+#[test]
+fn a_file_over_the_media_limit_is_refused_by_name() {
+    let manifest = "clip,label\na.wav,x\nb.wav,y\n";
+    let mut limits = Limits::default();
+    limits.media.max_bytes = 10_000;
+    let long = wav_of(8000, 8000);
+    let report = check_with(
+        zip_of(&[
+            ("manifest.csv", manifest.as_bytes()),
+            ("a.wav", wav()),
+            ("b.wav", &long),
+        ]),
+        limits,
+    )
+    .unwrap();
+    assert_eq!(report.status, Status::Rejected);
+    assert_eq!(
+        report.errors[0].to_string(),
+        "manifest.csv, line 3, column \"clip\": file \"b.wav\": the file is 16044 bytes; \
+         the limit is 10000 bytes"
+    );
+}
+
+#[test]
+fn media_summaries_survive_json() {
+    let manifest = "clip,label\na.wav,x\nb.wav,y\n";
+    let report = check(zip_of(&[
+        ("manifest.csv", manifest.as_bytes()),
+        ("a.wav", wav()),
+        ("b.wav", wav()),
+    ]))
+    .unwrap();
+    let json = serde_json::to_value(&report.profile).unwrap();
+    assert_eq!(json["columns"][0]["media"]["decoded"], 2);
+    assert_eq!(
+        json["columns"][0]["media"]["audio"]["seconds"]["mean"],
+        0.25
+    );
+    let back: tailor_datasets::Profile = serde_json::from_value(json).unwrap();
+    assert_eq!(back, report.profile);
 }
