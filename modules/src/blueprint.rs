@@ -351,6 +351,8 @@ pub enum ParamValue {
     Integer(i64),
     Number(f64),
     Text(String),
+    /// Names (the dataset columns of a tabular input).
+    List(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,6 +390,13 @@ macro_rules! param_getters {
                     _ => None,
                 }
             }
+            pub fn number_param(&self, name: &str) -> Option<f64> {
+                match self.params.get(name)? {
+                    ParamValue::Number(v) => Some(*v),
+                    ParamValue::Integer(v) => Some(*v as f64),
+                    _ => None,
+                }
+            }
         }
     };
 }
@@ -407,6 +416,8 @@ pub enum HeadKind {
 pub enum Fusion {
     Concat,
     Mean,
+    /// A small trainable transformer layer over the inputs' tokens (see `crate::fusion`).
+    Attention,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -581,6 +592,7 @@ impl Checker {
                 }
                 Some(Fusion::Mean)
             }
+            Some("attention") => Some(Fusion::Attention),
             Some(other) => {
                 let hint = did_you_mean(catalog.suggest(other, ModuleKind::Fusion));
                 let kind = match catalog.get(other) {
@@ -702,8 +714,67 @@ impl Checker {
                 format!("\"{}\" takes {takes}, not {modality}", spec.id),
             );
         }
-        match (schema.get(&input.name), modality) {
-            (None, _) => self.missing_column(&format!("{at}.name"), &input.name, schema),
+        // A tabular input may list its dataset columns (`columns`); its name is then a label.
+        let lists_columns = input.encoder.params.contains_key("columns");
+        if !lists_columns {
+            self.input_column(at, &input.name, modality, schema);
+        }
+        let params =
+            spec.and_then(|s| self.params(&format!("{at}.encoder"), s, &input.encoder.params));
+        if lists_columns {
+            match params.as_ref().and_then(|p| p.get("columns")) {
+                Some(ParamValue::List(cols)) if !cols.is_empty() => {
+                    let mut seen = HashSet::new();
+                    for (k, col) in cols.iter().enumerate() {
+                        let field = format!("{at}.encoder.columns[{k}]");
+                        if !seen.insert(col) {
+                            self.err(
+                                ErrorKind::Duplicate,
+                                &field,
+                                format!("column \"{col}\" is listed twice"),
+                            );
+                        }
+                        match schema.get(col) {
+                            None => self.missing_column(&field, col, schema),
+                            Some(ColumnType::Number | ColumnType::Category) => {}
+                            Some(ty) => self.err(
+                                ErrorKind::WrongColumnType,
+                                &field,
+                                format!(
+                                    "column \"{col}\" holds {}, a tabular input needs numbers or categories",
+                                    ty.describe()
+                                ),
+                            ),
+                        }
+                    }
+                }
+                Some(_) => self.input_column(at, &input.name, modality, schema),
+                None => {}
+            }
+        }
+        let compiled = match (spec, modality, params) {
+            (Some(spec), Some(modality), Some(params)) => Some(CompiledInput {
+                name: input.name.clone(),
+                modality,
+                module: spec.id.clone(),
+                params,
+                width: spec.output_width,
+            }),
+            _ => None,
+        };
+        (compiled, spec)
+    }
+
+    /// Checks that the column an input reads by its name exists and suits its modality.
+    fn input_column(
+        &mut self,
+        at: &str,
+        name: &str,
+        modality: Option<Modality>,
+        schema: &DatasetSchema,
+    ) {
+        match (schema.get(name), modality) {
+            (None, _) => self.missing_column(&format!("{at}.name"), name, schema),
             (Some(ty), Some(modality)) => {
                 let fits = match modality {
                     Modality::Text => *ty == ColumnType::Text,
@@ -716,7 +787,7 @@ impl Checker {
                         format!("{at}.name"),
                         format!(
                             "column \"{}\" holds {}, a {modality} input needs {}",
-                            input.name,
+                            name,
                             ty.describe(),
                             match modality {
                                 Modality::Text => "text".to_string(),
@@ -729,19 +800,6 @@ impl Checker {
             }
             _ => {}
         }
-        let params =
-            spec.and_then(|s| self.params(&format!("{at}.encoder"), s, &input.encoder.params));
-        let compiled = match (spec, modality, params) {
-            (Some(spec), Some(modality), Some(params)) => Some(CompiledInput {
-                name: input.name.clone(),
-                modality,
-                module: spec.id.clone(),
-                params,
-                width: spec.output_width,
-            }),
-            _ => None,
-        };
-        (compiled, spec)
     }
 
     fn missing_column(&mut self, field: &str, name: &str, schema: &DatasetSchema) {
@@ -927,6 +985,27 @@ impl Checker {
                     Some(s) if !s.trim().is_empty() => Some(ParamValue::Text(s.to_string())),
                     _ => self.wrong_type(&field, v, "a non-empty string"),
                 },
+                (ParamKind::Columns {}, None) => Some(ParamValue::List(Vec::new())),
+                (ParamKind::Columns {}, Some(v)) => {
+                    let names: Option<Vec<String>> = match v {
+                        // The portal's form sends one text field: names between commas.
+                        serde_json::Value::String(s) => Some(
+                            s.split(',')
+                                .map(str::trim)
+                                .filter(|n| !n.is_empty())
+                                .map(String::from)
+                                .collect(),
+                        ),
+                        serde_json::Value::Array(items) => {
+                            items.iter().map(|i| i.as_str().map(String::from)).collect()
+                        }
+                        _ => None,
+                    };
+                    match names {
+                        Some(names) => Some(ParamValue::List(names)),
+                        None => self.wrong_type(&field, v, "a list of column names"),
+                    }
+                }
             };
             if let Some(v) = v {
                 out.insert(p.name.clone(), v);

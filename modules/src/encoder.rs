@@ -141,6 +141,15 @@ pub trait Encoder: Send + Sync {
     /// Width of the pooled vector and of each token state.
     fn width(&self) -> usize;
 
+    /// Learns what the encoder takes from the data before the first step (normalization
+    /// statistics, category vocabularies) from the training rows' column; `Model::build`
+    /// calls it once, never with validation or test rows. What it learns must live in
+    /// [`Encoder::trained_vars`] (with no gradient), so a loaded version has it. Default:
+    /// nothing to learn.
+    fn fit(&self, _raw: &RawColumn) -> Result<()> {
+        Ok(())
+    }
+
     /// Turns raw column values into the encoder's input.
     fn prepare(&self, raw: &RawColumn) -> Result<Prepared>;
 

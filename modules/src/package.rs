@@ -560,11 +560,8 @@ impl TunedModel {
             encoders.push(Box::new(encoder));
         }
         Ok(Self {
-            model: Model {
-                blueprint: parts.blueprint.clone(),
-                encoders,
-                heads: parts.heads,
-            },
+            model: Model::assemble(parts.blueprint.clone(), encoders, parts.heads)
+                .map_err(anyhow::Error::from)?,
             blueprint: parts.blueprint,
             report: parts.report,
         })
@@ -624,11 +621,7 @@ impl TunedModel {
 
     /// The width of [`TunedModel::embed`]'s vectors.
     pub fn embedding_width(&self) -> usize {
-        let widths = self.model.encoders.iter().map(|e| e.width());
-        match self.blueprint.fusion {
-            crate::blueprint::Fusion::Concat => widths.sum(),
-            crate::blueprint::Fusion::Mean => widths.max().unwrap_or(0),
-        }
+        self.model.fusion.width()
     }
 
     /// The pooled (fused) encoder output of each row, with the version's adapters applied:
@@ -853,11 +846,8 @@ impl SharedBase {
             width,
         };
         Ok(TunedModel {
-            model: Model {
-                blueprint: parts.blueprint.clone(),
-                encoders: vec![Box::new(view)],
-                heads: parts.heads,
-            },
+            model: Model::assemble(parts.blueprint.clone(), vec![Box::new(view)], parts.heads)
+                .map_err(anyhow::Error::from)?,
             blueprint: parts.blueprint,
             report: parts.report,
         })

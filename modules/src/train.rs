@@ -30,11 +30,10 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::blueprint::{
-    ClassWeighting, CompiledBlueprint, CompiledInput, Fusion, HeadKind, LoraSettings,
-};
+use crate::blueprint::{ClassWeighting, CompiledBlueprint, CompiledInput, HeadKind, LoraSettings};
 use crate::catalog::Task;
 use crate::encoder::{Cell, Encoded, Encoder, FileValue, Prepared, RawColumn};
+use crate::fusion::{FusionInput, FusionLayer};
 use crate::heads::{HeadConfig, Heads, Prediction, Target, serialize_f32};
 use crate::metrics::{self, Metrics};
 use crate::schedule::Schedule;
@@ -226,6 +225,8 @@ pub fn stratified_split(rows: &[Row], fraction: f64, seed: u64) -> (Vec<usize>, 
 pub struct Model {
     pub blueprint: CompiledBlueprint,
     pub encoders: Vec<Box<dyn Encoder>>,
+    /// Joins the encoders' outputs; the attention fusion has trainable tensors.
+    pub fusion: FusionLayer,
     pub heads: Heads,
 }
 
@@ -256,16 +257,16 @@ impl Model {
                     .with_context(|| format!("building the encoder of {}", input.name))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        // What encoders learn from the data (statistics, vocabularies) comes from the
+        // training rows only.
+        let rows: Vec<&Row> = data.rows.iter().collect();
+        for (i, (enc, input)) in encoders.iter().zip(&blueprint.inputs).enumerate() {
+            enc.fit(&raw_column(&rows, i)?)
+                .with_context(|| format!("fitting the encoder of {} to the data", input.name))?;
+        }
         let widths: Vec<usize> = encoders.iter().map(|e| e.width()).collect();
-        let pooled_width = match blueprint.fusion {
-            Fusion::Concat => widths.iter().sum(),
-            Fusion::Mean => {
-                if widths.windows(2).any(|w| w[0] != w[1]) {
-                    bail!("mean fusion needs encoders of equal width, got {widths:?}");
-                }
-                widths[0]
-            }
-        };
+        let fusion = Self::fusion_for(blueprint, &encoders)?;
+        let pooled_width = fusion.width();
         if data.labels.len() != blueprint.outputs.len() {
             bail!(
                 "the data has labels for {} outputs, the blueprint has {}",
@@ -318,8 +319,74 @@ impl Model {
         Ok(Self {
             blueprint: blueprint.clone(),
             encoders,
+            fusion,
             heads,
         })
+    }
+
+    /// A fresh fusion layer for `blueprint` over `encoders` (seeded by the run's seed).
+    fn fusion_for(
+        blueprint: &CompiledBlueprint,
+        encoders: &[Box<dyn Encoder>],
+    ) -> candle_core::Result<FusionLayer> {
+        let inputs: Vec<FusionInput> = blueprint
+            .inputs
+            .iter()
+            .zip(encoders)
+            .map(|(input, enc)| FusionInput {
+                modality: input.modality,
+                width: enc.width(),
+            })
+            .collect();
+        FusionLayer::new(blueprint.fusion, &inputs, blueprint.training.seed)
+    }
+
+    /// A model from loaded parts, with a fresh fusion layer: a loaded version then sets
+    /// the trained tensors with [`Model::set_trained`].
+    pub fn assemble(
+        blueprint: CompiledBlueprint,
+        encoders: Vec<Box<dyn Encoder>>,
+        heads: Heads,
+    ) -> candle_core::Result<Self> {
+        let fusion = Self::fusion_for(&blueprint, &encoders)?;
+        Ok(Self {
+            blueprint,
+            encoders,
+            fusion,
+            heads,
+        })
+    }
+
+    /// The tensors trained in full outside the adapters and heads, by their names in
+    /// [`Model::trainable`]: every encoder's `trained_vars` (`encoders.{i}.{name}`, with
+    /// fitted statistics such as a tabular input's `stats.*`) and the fusion's
+    /// (`fusion.{name}`). A package stores these (e.g. in `encoders.safetensors`) and
+    /// gives them back to [`Model::set_trained`].
+    pub fn trained_tensors(&self) -> Vec<(String, Var)> {
+        self.trainable()
+            .into_iter()
+            .filter(|(name, _, _)| name.starts_with("encoders.") || name.starts_with("fusion."))
+            .map(|(name, var, _)| (name, var))
+            .collect()
+    }
+
+    /// Sets every tensor of [`Model::trained_tensors`] from `saved` by name; a tensor that
+    /// is missing or of another shape is an error naming it.
+    pub fn set_trained(&self, saved: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        for (name, var) in self.trained_tensors() {
+            let t = saved
+                .get(&name)
+                .with_context(|| format!("the saved model lacks the tensor {name}"))?;
+            if t.dims() != var.dims() {
+                bail!(
+                    "the saved tensor {name} has shape {:?}, the model needs {:?}",
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
     }
 
     /// Adapter tensors of every encoder, then the tensors encoders train in full (at the
@@ -336,6 +403,9 @@ impl Model {
             for (name, var) in enc.trained_vars() {
                 out.push((format!("encoders.{i}.{name}"), var, Group::Head));
             }
+        }
+        for (name, var) in self.fusion.vars() {
+            out.push((format!("fusion.{name}"), var, Group::Head));
         }
         for (name, var) in self.heads.vars() {
             out.push((format!("heads.{name}"), var, Group::Head));
@@ -355,9 +425,11 @@ impl Model {
     /// True when no encoder carries trainable tensors (the baseline): its outputs do not
     /// change while the heads train.
     fn frozen(&self) -> bool {
-        self.encoders
-            .iter()
-            .all(|e| e.adapter_vars().is_empty() && e.trained_vars().is_empty())
+        self.fusion.vars().is_empty()
+            && self
+                .encoders
+                .iter()
+                .all(|e| e.adapter_vars().is_empty() && e.trained_vars().is_empty())
     }
 
     /// The fused pooled vectors of `rows` in evaluation mode, `(rows, width)`.
@@ -381,24 +453,20 @@ impl Model {
     /// Runs the encoders and fuses their pooled vectors; also returns the first input's
     /// encoding and preparation (token states and word ids for tagging).
     fn fuse(&self, rows: &[&Row], train: bool) -> candle_core::Result<(Tensor, Encoded, Prepared)> {
-        let mut pooled = Vec::new();
-        let mut first = None;
+        let mut encoded = Vec::new();
+        let mut first_prepared = None;
         for (i, enc) in self.encoders.iter().enumerate() {
             let prepared = enc.prepare(&raw_column(rows, i)?)?;
-            let encoded = enc.forward(&prepared, train)?;
-            pooled.push(encoded.pooled.clone());
+            encoded.push(enc.forward(&prepared, train)?);
             if i == 0 {
-                first = Some((encoded, prepared));
+                first_prepared = Some(prepared);
             }
         }
-        let (first, prepared) =
-            first.ok_or_else(|| candle_core::Error::Msg("a model needs an input".into()))?;
-        let fused = match self.blueprint.fusion {
-            Fusion::Concat if pooled.len() == 1 => pooled.remove(0),
-            Fusion::Concat => Tensor::cat(&pooled, 1)?,
-            Fusion::Mean => Tensor::stack(&pooled, 0)?.mean(0)?,
-        };
-        Ok((fused, first, prepared))
+        let prepared = first_prepared
+            .ok_or_else(|| candle_core::Error::Msg("a model needs an input".into()))?;
+        // Missing inputs are masked inside the fusion (see `crate::fusion`).
+        let fused = self.fusion.forward(&encoded)?;
+        Ok((fused, encoded.swap_remove(0), prepared))
     }
 
     /// The heads' outputs for `rows`; `features` are their fused pooled vectors when
