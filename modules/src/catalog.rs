@@ -331,6 +331,7 @@ impl Catalog {
                 },
                 crate::fusion::attention_spec(),
                 crate::tabular::spec(),
+                crate::sensor::spec(),
                 ModuleSpec {
                     id: "head/linear".into(),
                     kind: ModuleKind::Decoder,
@@ -436,6 +437,11 @@ pub fn load_encoder(
     match spec.id.as_str() {
         "tabular/mlp" => {
             return Ok(Box::new(crate::tabular::TabularEncoder::for_input(
+                input, seed,
+            )?));
+        }
+        "sensor/tcn" => {
+            return Ok(Box::new(crate::sensor::SensorEncoder::for_input(
                 input, seed,
             )?));
         }

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod package;
 pub mod peft;
 pub mod schedule;
+pub mod sensor;
 pub mod tabular;
 pub mod text;
 pub mod train;
