@@ -529,3 +529,54 @@ fn media_summaries_survive_json() {
     let back: tailor_datasets::Profile = serde_json::from_value(json).unwrap();
     assert_eq!(back, report.profile);
 }
+
+#[test]
+fn images_are_decoded_summarized_with_thumbnails_and_a_broken_one_is_named() {
+    let mut manifest = String::from("scan,finding\n");
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..10 {
+        let (w, h) = if i < 6 { (8, 6) } else { (20, 10) };
+        let rgb: Vec<u8> = (0..w * h * 3).map(|v| (v * 7 + i) as u8).collect();
+        let name = format!("scans/{i}.png");
+        manifest.push_str(&format!("{name},{}\n", ["normal", "nodule"][i % 2]));
+        entries.push((
+            name,
+            tailor_media::check::encode_png(w as u32, h as u32, &rgb).unwrap(),
+        ));
+    }
+    manifest.push_str("scans/broken.png,normal\n");
+    let broken = entries[0].1[..entries[0].1.len() - 20].to_vec();
+    entries.push(("scans/broken.png".into(), broken));
+    let mut all: Vec<(&str, &[u8])> = vec![("manifest.csv", manifest.as_bytes())];
+    all.extend(entries.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    let report = check(zip_of(&all)).unwrap();
+    assert_eq!(report.status, Status::Rejected);
+    assert_eq!(report.error_count, 1);
+    let message = report.errors[0].to_string();
+    assert!(
+        message.starts_with("manifest.csv, line 12, column \"scan\": file \"scans/broken.png\": "),
+        "{message}"
+    );
+    let images = report.profile.columns[0]
+        .media
+        .as_ref()
+        .and_then(|m| m.images.as_ref())
+        .expect("image summary");
+    assert_eq!(images.width.min, 8.0);
+    assert_eq!(images.width.max, 20.0);
+    assert_eq!(images.sizes[0].value, "8×6");
+    assert_eq!(images.sizes[0].count, 6);
+    assert_eq!(images.sizes[1].value, "20×10");
+    assert_eq!(images.thumbnails.len(), 8);
+    let thumb = &images.thumbnails[0];
+    let b64 = thumb
+        .data_uri
+        .strip_prefix("data:image/png;base64,")
+        .unwrap();
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let decoded = tailor_media::image::decode(&png, &tailor_media::Limits::default()).unwrap();
+    assert!(decoded.width <= 64 && decoded.height <= 64);
+}
