@@ -302,6 +302,7 @@ impl Catalog {
                     },
                 },
                 crate::text::gemma3::spec(),
+                crate::image::spec(),
                 ModuleSpec {
                     id: "concat".into(),
                     kind: ModuleKind::Fusion,
@@ -455,6 +456,12 @@ pub fn load_encoder(
     };
     if folder.contains("..") || folder.contains('/') || folder.contains('\\') {
         anyhow::bail!("checkpoint folder {folder:?} must be a plain folder name");
+    }
+    if spec.id == crate::image::MODULE_ID {
+        let dir = models_dir.join(&folder);
+        return Ok(Box::new(crate::image::encoder_for_input(
+            &dir, input, lora, seed,
+        )?));
     }
     if spec.id == crate::text::gemma3::MODULE_ID {
         let dir = models_dir.join(&folder);

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod evaluate;
 pub mod fusion;
 pub mod heads;
+pub mod image;
 pub mod layers;
 pub mod lora;
 pub mod metrics;
