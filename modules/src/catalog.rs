@@ -334,6 +334,7 @@ impl Catalog {
                 crate::fusion::attention_spec(),
                 crate::tabular::spec(),
                 crate::sensor::spec(),
+                crate::pointcloud::spec(),
                 ModuleSpec {
                     id: "head/linear".into(),
                     kind: ModuleKind::Decoder,
@@ -444,6 +445,11 @@ pub fn load_encoder(
         }
         "sensor/tcn" => {
             return Ok(Box::new(crate::sensor::SensorEncoder::for_input(
+                input, seed,
+            )?));
+        }
+        "pointcloud/pointnet" => {
+            return Ok(Box::new(crate::pointcloud::PointNetEncoder::for_input(
                 input, seed,
             )?));
         }

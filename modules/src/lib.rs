@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod ops;
 pub mod package;
 pub mod peft;
+pub mod pointcloud;
 pub mod schedule;
 pub mod sensor;
 pub mod tabular;
