@@ -3,6 +3,12 @@
 (function () {
   "use strict";
 
+  // Bar widths come from data-percent: the page's CSP allows no style="…" attributes.
+  document.querySelectorAll(".bar > span[data-percent]").forEach(function (bar) {
+    var percent = Math.max(0, Math.min(100, Number(bar.getAttribute("data-percent")) || 0));
+    bar.style.width = percent + "%";
+  });
+
   function el(tag, text) {
     var node = document.createElement(tag);
     if (text !== undefined) node.textContent = text;

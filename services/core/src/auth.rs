@@ -82,10 +82,14 @@ pub struct SessionClaims {
     pub iss: String,
     pub aud: String,
     pub iat: i64,
+    /// Not valid before: the time of issue. Checked, so that a token minted with a future
+    /// start (a clock-skewed or forged issuer) is refused until then.
+    pub nbf: i64,
     pub exp: i64,
 }
 
-/// Signs and checks session JWTs: HS256 only, with `exp`, `iss`, `aud` and `sub` required.
+/// Signs and checks session JWTs: HS256 only, with `exp`, `nbf`, `iss`, `aud` and `sub`
+/// required and `exp` and `nbf` checked.
 #[derive(Clone)]
 pub struct JwtKeys {
     encoding: EncodingKey,
@@ -113,12 +117,14 @@ impl JwtKeys {
         session: Uuid,
         expires_at: chrono::DateTime<chrono::Utc>,
     ) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
         let claims = SessionClaims {
             sub: user,
             sid: session,
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
-            iat: chrono::Utc::now().timestamp(),
+            iat: now,
+            nbf: now,
             exp: expires_at.timestamp(),
         };
         jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &claims, &self.encoding)
@@ -132,9 +138,10 @@ impl JwtKeys {
         let mut validation = Validation::new(JwtAlgorithm::HS256);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.leeway = 5;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         jsonwebtoken::decode::<SessionClaims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
             .ok()
@@ -170,6 +177,37 @@ mod tests {
         assert_eq!((claims.sub, claims.sid), (user, sid));
         let past = chrono::Utc::now() - chrono::Duration::minutes(5);
         assert!(keys.verify(&keys.issue(user, sid, past).unwrap()).is_none());
+    }
+
+    #[test]
+    fn jwt_not_yet_valid_or_without_nbf_is_refused() {
+        let keys = keys();
+        let token = keys
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                chrono::Utc::now() + chrono::Duration::minutes(5),
+            )
+            .unwrap();
+        let mut claims = keys.verify(&token).unwrap();
+        let secret = EncodingKey::from_secret(b"a-test-secret-that-is-long-enough-1234");
+        let sign = |c: &serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), c, &secret).unwrap()
+        };
+        let good = serde_json::to_value(&claims).unwrap();
+        assert!(
+            keys.verify(&sign(&good)).is_some(),
+            "control: re-signed claims pass"
+        );
+        claims.nbf = chrono::Utc::now().timestamp() + 120;
+        let future = serde_json::to_value(&claims).unwrap();
+        assert!(
+            keys.verify(&sign(&future)).is_none(),
+            "nbf two minutes ahead"
+        );
+        let mut without = good.clone();
+        without.as_object_mut().unwrap().remove("nbf");
+        assert!(keys.verify(&sign(&without)).is_none(), "no nbf");
     }
 
     #[test]

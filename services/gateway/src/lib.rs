@@ -89,6 +89,16 @@ impl Application {
         });
         let server = HttpServer::new(move || {
             App::new()
+                // A JSON API: never sniffed as something else, framed or cached.
+                .wrap(
+                    actix_web::middleware::DefaultHeaders::new()
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add((
+                            "Content-Security-Policy",
+                            "default-src 'none'; frame-ancestors 'none'",
+                        ))
+                        .add(("Cache-Control", "no-store")),
+                )
                 .app_data(state.clone())
                 .app_data(web::PathConfig::default().error_handler(|e, _| {
                     actix_web::Error::from(ApiError::validation("model", e.to_string()))

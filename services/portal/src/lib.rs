@@ -4,6 +4,7 @@ pub mod assembly;
 pub mod auth;
 pub mod i18n;
 pub mod routes;
+pub mod security;
 pub mod startup;
 pub mod state;
 

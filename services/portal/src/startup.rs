@@ -46,6 +46,7 @@ impl Application {
         let json_limit = 1024 * 1024;
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(crate::security::guard))
                 .wrap(
                     actix_web::middleware::Logger::new("%r %s %Dms")
                         .log_target("tailor_portal::http"),

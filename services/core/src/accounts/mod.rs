@@ -4,6 +4,7 @@
 pub mod invitations;
 pub mod orgs;
 pub mod sessions;
+pub mod throttle;
 pub mod tokens;
 pub mod users;
 

@@ -57,6 +57,11 @@ const STATIC: &[(&str, &str, &str)] = &[
         CSS,
         include_str!("../../../../templates/static/api_keys.css"),
     ),
+    (
+        "api_keys.js",
+        JS,
+        include_str!("../../../../templates/static/api_keys.js"),
+    ),
 ];
 const CSS: &str = "text/css; charset=utf-8";
 const JS: &str = "application/javascript; charset=utf-8";

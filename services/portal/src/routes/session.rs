@@ -6,7 +6,11 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tailor_core::{
     Error, OrgId,
-    accounts::{Email, Password, orgs, parse_name, sessions, users},
+    accounts::{
+        Email, Password, orgs, parse_name, sessions,
+        throttle::{self, SignInError},
+        users,
+    },
     auth::{random_secret, secrets_match},
 };
 use tera::Context;
@@ -103,14 +107,62 @@ async fn api_sign_up(
         }))
 }
 
+/// The client address that sign-in throttling counts: the TCP peer. (Behind a reverse
+/// proxy every client shares the proxy's address; see docs/security.md.)
+fn client_address(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Whole seconds to wait, rounded up, for `Retry-After`.
+fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+/// The 429 of the JSON API for a throttled sign-in.
+fn throttled_response(wait: std::time::Duration, limit: &str) -> HttpResponse {
+    let seconds = retry_after_seconds(wait);
+    let whom = if limit == "account" {
+        "this account"
+    } else {
+        "your address"
+    };
+    HttpResponse::TooManyRequests()
+        .insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()))
+        .json(serde_json::json!({ "error": {
+            "code": "too_many_requests",
+            "message": format!(
+                "Too many failed sign-ins for {whom}; try again in {} minute(s).",
+                seconds.div_ceil(60)
+            ),
+            "retry_after_seconds": seconds,
+        } }))
+}
+
 #[post("/signin")]
 #[tracing::instrument(skip_all)]
 async fn api_sign_in(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<SignIn>,
 ) -> Result<HttpResponse, Error> {
     let SignIn { email, password } = body.into_inner();
-    let user = users::authenticate(&state.pool, &email, password).await?;
+    let signed_in = throttle::sign_in(
+        &state.pool,
+        throttle::LIMITS,
+        &email,
+        password,
+        &client_address(&req),
+    )
+    .await;
+    let user = match signed_in {
+        Ok(user) => user,
+        Err(SignInError::Throttled { retry_after, limit }) => {
+            return Ok(throttled_response(retry_after, limit));
+        }
+        Err(SignInError::Refused(e)) => return Err(e),
+    };
     let org = users::default_org(&state.pool, user.id).await?;
     let (session, jwt) = start_session(&state, user.id, org).await?;
     Ok(HttpResponse::Ok()
@@ -283,7 +335,15 @@ async fn sign_in_form(
         password,
     } = form.into_inner();
     check_form_token(&req, &csrf_token)?;
-    match users::authenticate(&state.pool, &email, password).await {
+    let signed_in = throttle::sign_in(
+        &state.pool,
+        throttle::LIMITS,
+        &email,
+        password,
+        &client_address(&req),
+    )
+    .await;
+    match signed_in {
         Ok(user) => {
             let org = users::default_org(&state.pool, user.id).await?;
             let (_, jwt) = start_session(&state, user.id, org).await?;
@@ -292,7 +352,7 @@ async fn sign_in_form(
                 session_cookie(jwt, state.jwt.ttl_minutes),
             )?)
         }
-        Err(e @ Error::Unauthorized) => {
+        Err(SignInError::Refused(e @ Error::Unauthorized)) => {
             let mut context = Context::new();
             context.insert("email", &email);
             form_error(&mut context, &e);
@@ -300,7 +360,19 @@ async fn sign_in_form(
             *response.status_mut() = actix_web::http::StatusCode::UNAUTHORIZED;
             Ok(response)
         }
-        Err(e) => Err(e.into()),
+        Err(SignInError::Throttled { retry_after, .. }) => {
+            let mut context = Context::new();
+            context.insert("email", &email);
+            context.insert("error_key", "error.too_many_sign_ins");
+            let mut response = anonymous_page(&state, &req, lang, "signin.html", context)?;
+            *response.status_mut() = actix_web::http::StatusCode::TOO_MANY_REQUESTS;
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from(retry_after_seconds(retry_after)),
+            );
+            Ok(response)
+        }
+        Err(SignInError::Refused(e)) => Err(e.into()),
     }
 }
 
