@@ -12,6 +12,7 @@
 
 pub mod audio;
 pub mod check;
+pub mod image;
 pub mod pointcloud;
 pub mod signal;
 
