@@ -303,6 +303,7 @@ impl Catalog {
                 },
                 crate::text::gemma3::spec(),
                 crate::image::spec(),
+                crate::audio::spec(),
                 ModuleSpec {
                     id: "concat".into(),
                     kind: ModuleKind::Fusion,
@@ -472,6 +473,11 @@ pub fn load_encoder(
     if spec.id == crate::text::gemma3::MODULE_ID {
         let dir = models_dir.join(&folder);
         let encoder = crate::text::gemma3::encoder_for_input(&dir, input, lora, seed)?;
+        return Ok(Box::new(encoder));
+    }
+    if spec.id == crate::audio::MODULE_ID {
+        let dir = models_dir.join(&folder);
+        let encoder = crate::audio::encoder_for_input(&dir, input, lora, seed)?;
         return Ok(Box::new(encoder));
     }
     match spec.modality {

@@ -5,6 +5,7 @@
 //! metrics and artifact bytes (DESIGN.md §2).
 
 pub mod artifact;
+pub mod audio;
 pub mod blueprint;
 pub mod catalog;
 pub mod checkpoint;
