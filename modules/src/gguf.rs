@@ -56,7 +56,8 @@ pub enum GgufError {
     Tensor {
         path: String,
         name: String,
-        source: candle_core::Error,
+        // Boxed: candle's error is large, and every `Result` here would carry its size.
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -273,7 +274,7 @@ impl GgufFile {
             .map_err(|source| GgufError::Tensor {
                 path: self.shown(),
                 name: name.into(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -289,7 +290,7 @@ impl GgufFile {
             .map_err(|source| GgufError::Tensor {
                 path: self.shown(),
                 name: name.into(),
-                source,
+                source: Box::new(source),
             })
     }
 
