@@ -1158,7 +1158,7 @@ impl<'a> InputReader<'a> {
                             None => records
                                 .iter()
                                 .filter_map(|r| r.get(&col))
-                                .all(|v| matches!(crate::tabular::cell(v, true), Ok(_))),
+                                .all(|v| crate::tabular::cell(v, true).is_ok()),
                         };
                         (col, number)
                     })
