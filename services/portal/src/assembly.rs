@@ -180,26 +180,47 @@ pub fn to_yaml(blueprint: &Blueprint) -> String {
     serde_yaml::to_string(&value).unwrap_or_default()
 }
 
-/// The columns of a stored version as the compiler sees them.
+/// The columns of a stored version as the compiler sees them; a file column carries the
+/// modality its files were profiled as, so an input of another modality is refused.
 pub fn schema_of(version: &DatasetVersion, blueprint: &Blueprint) -> DatasetSchema {
     let schema = &version.schema.0;
+    let profile = &version.profile.0;
+    let modality = |name: &str| {
+        profile
+            .columns
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.modality)
+            .map(modality_name)
+    };
     if schema.columns.is_empty() {
-        let profile = &version.profile.0;
-        DatasetSchema::from_dataset(
+        DatasetSchema::from_dataset_files(
             profile
                 .columns
                 .iter()
-                .map(|c| (c.name.as_str(), c.column_type.as_str())),
+                .map(|c| (c.name.as_str(), c.column_type.as_str(), modality(&c.name))),
             blueprint,
         )
     } else {
-        DatasetSchema::from_dataset(
+        DatasetSchema::from_dataset_files(
             schema
                 .columns
                 .iter()
-                .map(|c| (c.name.as_str(), c.column_type.as_str())),
+                .map(|c| (c.name.as_str(), c.column_type.as_str(), modality(&c.name))),
             blueprint,
         )
+    }
+}
+
+/// The catalog's name of a dataset modality (`None` never: `other` is left to the input).
+fn modality_name(m: tailor_datasets::Modality) -> &'static str {
+    match m {
+        tailor_datasets::Modality::Image => "image",
+        tailor_datasets::Modality::Audio => "audio",
+        tailor_datasets::Modality::Video => "video",
+        tailor_datasets::Modality::Sensor => "sensor",
+        tailor_datasets::Modality::Pointcloud => "pointcloud",
+        tailor_datasets::Modality::Other => "other",
     }
 }
 
