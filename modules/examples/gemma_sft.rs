@@ -125,13 +125,13 @@ fn main() -> anyhow::Result<()> {
         "tuned: loss {:.3}, perplexity {:.2}, exact match {:.3}, ROUGE-L {:.3}",
         tuned.loss, tuned.perplexity, tuned.exact_match, tuned.rouge_l
     );
-    for i in 0..test.len().min(6) {
+    for ((pair, before), after) in test.iter().zip(&base.outputs).zip(&tuned.outputs).take(6) {
         println!(
             "- {:?}\n  reference: {}\n  base:  {:?}\n  tuned: {:?}",
-            test[i].prompt.chars().skip(16).take(30).collect::<String>(),
-            test[i].response,
-            base.outputs[i],
-            tuned.outputs[i]
+            pair.prompt.chars().skip(16).take(30).collect::<String>(),
+            pair.response,
+            before,
+            after
         );
     }
     Ok(())
