@@ -5,15 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, PutPayload, path::Path};
 use serde_json::json;
 use tailor_core::jobs::{self, Claim, Fence, NewModelVersion};
+use tailor_core::metrics;
 use tailor_modules::artifact::{ArtifactSet, MANIFEST, sha256_hex};
 use tailor_modules::package::DatasetInfo;
+use tailor_modules::train::{Event, Phase};
 use tracing::Instrument;
 
 use crate::Shared;
@@ -26,6 +28,8 @@ pub(crate) async fn run(shared: Arc<Shared>, claim: Claim, control: Arc<Control>
     let span = tracing::info_span!("job", job_id = %fence.job_id, org_id = %claim.org, attempt = claim.attempt);
     async move {
         tracing::info!("training");
+        let attempt = metrics::Timer::start();
+        metrics::JOBS_RUNNING.inc();
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), fence, control.clone()));
         let result = train(&shared, &claim, &control).await;
         // From here on the job's row is locked by each ending write (publishing holds it
@@ -34,6 +38,13 @@ pub(crate) async fn run(shared: Arc<Shared>, claim: Claim, control: Arc<Control>
         if control.is_lost() {
             tracing::warn!("the job was taken over by another claim; nothing more written");
         }
+        let outcome = match (&result, control.is_lost(), control.cause()) {
+            (_, true, _) => "lost",
+            (Ok(TrainingOutcome::Done { .. }), _, _) => "succeeded",
+            (Ok(TrainingOutcome::Stopped { .. }), _, StopCause::Shutdown) => "released",
+            (Ok(TrainingOutcome::Stopped { .. }), _, _) => "cancelled",
+            (Err(_), _, _) => "failed",
+        };
         let end = match result {
             Ok(TrainingOutcome::Done {
                 files,
@@ -59,6 +70,8 @@ pub(crate) async fn run(shared: Arc<Shared>, claim: Claim, control: Arc<Control>
             // The lease runs out and the reaper offers the job again.
             tracing::error!(error = %format!("{e:#}"), "ending the job");
         }
+        metrics::JOBS_RUNNING.dec();
+        attempt.stop(&metrics::JOB_ATTEMPTS, &[outcome]);
     }
     .instrument(span)
     .await
@@ -158,13 +171,73 @@ async fn train(
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
-            let outcome = training::run(input, &control.flag, &mut |e| reporter.on_event(e));
+            let mut timing = StepTiming::default();
+            let outcome = training::run(input, &control.flag, &mut |e| {
+                timing.on_event(e, reporter.adapted, |e| reporter.on_event(e))
+            });
             reporter.flush_step();
             outcome
         })
     })
     .await
     .context("the training thread panicked")?
+}
+
+/// Feeds `tailor_training_step_seconds` (the time from the end of one step's report to
+/// the next step of the same run: the forward and backward pass and the optimizer; a
+/// run's first step, which includes loading, is not counted) and `tailor_checkpoint_seconds` from the training events.
+#[derive(Default)]
+struct StepTiming {
+    last_step: Option<(Phase, Instant)>,
+}
+
+impl StepTiming {
+    fn on_event(
+        &mut self,
+        event: Event<'_>,
+        adapted: bool,
+        report: impl FnOnce(Event<'_>) -> std::ops::ControlFlow<()>,
+    ) -> std::ops::ControlFlow<()> {
+        let started = Instant::now();
+        match event {
+            Event::Step(s) => {
+                if let Some((phase, at)) = self.last_step
+                    && phase == s.phase
+                {
+                    let label = match phase {
+                        Phase::Tuned => "tuned",
+                        Phase::Baseline => "baseline",
+                    };
+                    metrics::TRAINING_STEP
+                        .with_label_values(&[label])
+                        .observe(at.elapsed().as_secs_f64());
+                }
+                let flow = report(Event::Step(s));
+                self.last_step = Some((s.phase, Instant::now()));
+                flow
+            }
+            Event::Checkpoint(state) => {
+                // The baseline's checkpoints are not written (see `Reporter`).
+                let written = !adapted
+                    || self
+                        .last_step
+                        .is_some_and(|(phase, _)| phase == Phase::Tuned);
+                let flow = report(Event::Checkpoint(state));
+                if written {
+                    metrics::CHECKPOINT.observe(started.elapsed().as_secs_f64());
+                }
+                // Writing the checkpoint is not the next step's time.
+                self.last_step = self.last_step.map(|(phase, _)| (phase, Instant::now()));
+                flow
+            }
+            Event::Epoch(epoch) => {
+                // Evaluation ran before the event: the next step's time starts after it.
+                let flow = report(Event::Epoch(epoch));
+                self.last_step = self.last_step.map(|(phase, _)| (phase, Instant::now()));
+                flow
+            }
+        }
+    }
 }
 
 /// The run stopped early: cancelled by the user, or given back because the worker stops.
@@ -215,6 +288,7 @@ async fn publish(
     base_checkpoints: BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let fence = claim.fence;
+    let timer = metrics::Timer::start();
     let published: anyhow::Result<Option<(i32, uuid::Uuid)>> = async {
         let Some(publication) = jobs::begin_publish(&shared.pool, fence).await? else {
             return Ok(None);
@@ -260,6 +334,7 @@ async fn publish(
     .await;
     match published {
         Ok(Some((version, id))) => {
+            timer.stop_into(&metrics::PUBLISH);
             tracing::info!(version, %id, "model version published");
             // The checkpoints served their purpose.
             let prefix = Path::from(format!(

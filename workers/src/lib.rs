@@ -50,8 +50,9 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use sqlx::PgPool;
 use tailor_core::jobs::{self, ClaimOutcome, ClaimRequest, JobMessage, ReapPolicy};
+use tailor_core::metrics::{self, InternalServer};
 use tailor_core::storage::{self, Store};
-use tailor_core::{Settings, db, queue};
+use tailor_core::{Settings, db, health, queue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -121,6 +122,36 @@ impl Worker {
         self
     }
 
+    /// Starts the worker's HTTP listener on `listener`: `/metrics` (this process's
+    /// registry, jobs by state, queue depth), `/healthz` and `/readyz` (Postgres, RabbitMQ,
+    /// object store). `run_until_*` start one by themselves when `jobs.worker_port` is set.
+    pub fn serve_http(&self, listener: std::net::TcpListener) -> anyhow::Result<InternalServer> {
+        let shared = self.shared.clone();
+        let scrape = metrics::Scrape::new()
+            .with_jobs(shared.pool.clone())
+            .with_queue(&shared.settings.rabbitmq);
+        let ready: metrics::ReadyCheck = Arc::new(move || {
+            let shared = shared.clone();
+            Box::pin(async move {
+                health::readiness(&shared.pool, &shared.settings.rabbitmq, &shared.store).await
+            })
+        });
+        InternalServer::start(listener, "worker", scrape, ready)
+            .context("starting the worker's HTTP listener")
+    }
+
+    /// The listener of `jobs.worker_host`:`jobs.worker_port`, unless the port is 0.
+    fn configured_http(&self) -> anyhow::Result<Option<InternalServer>> {
+        let jobs = &self.shared.settings.jobs;
+        if jobs.worker_port == 0 {
+            return Ok(None);
+        }
+        let listener =
+            std::net::TcpListener::bind((jobs.worker_host.as_str(), jobs.worker_port))
+                .with_context(|| format!("binding {}:{}", jobs.worker_host, jobs.worker_port))?;
+        self.serve_http(listener).map(Some)
+    }
+
     /// This worker's name (its jobs' `lease_owner`).
     pub fn name(&self) -> &str {
         &self.shared.name
@@ -154,6 +185,7 @@ impl Worker {
     }
 
     async fn consume(self, mode: Mode, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let http = self.configured_http()?;
         let shared = self.shared.clone();
         let settings = &shared.settings;
         let slots = Arc::new(Semaphore::new(settings.jobs.worker_concurrency.max(1)));
@@ -287,6 +319,9 @@ impl Worker {
         }
         self.drain_tasks(&mut tasks).await;
         reaper.abort();
+        if let Some(http) = http {
+            http.stop().await;
+        }
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod health;
 pub mod jobs;
+pub mod metrics;
 pub mod models;
 pub mod outbox;
 pub mod queue;

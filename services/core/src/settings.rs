@@ -101,6 +101,10 @@ pub struct JobSettings {
     pub org_concurrency: i64,
     /// Where base checkpoints are (`scripts/fetch-assets` puts them here).
     pub assets_dir: PathBuf,
+    /// Address of the worker's HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    pub worker_host: String,
+    /// Port of the worker's HTTP listener; 0 runs none (in-process test workers).
+    pub worker_port: u16,
 }
 
 impl Default for JobSettings {
@@ -116,6 +120,8 @@ impl Default for JobSettings {
             worker_concurrency: 1,
             org_concurrency: 2,
             assets_dir: PathBuf::from("/var/tmp/tailor-assets"),
+            worker_host: "127.0.0.1".into(),
+            worker_port: 0,
         }
     }
 }

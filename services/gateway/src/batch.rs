@@ -161,6 +161,17 @@ fn run_batch(mut batch: Vec<Request>, forward_items: usize) {
 }
 
 fn log(version: &LoadedVersion, requests: usize, rows: usize, started: Instant, what: &str) {
+    let kind = if what.starts_with("embed") {
+        "embed"
+    } else {
+        "predict"
+    };
+    tailor_core::metrics::BATCH_ROWS
+        .with_label_values(&[kind])
+        .observe(rows as f64);
+    tailor_core::metrics::BATCH_DURATION
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(
         version_id = %version.id,
         requests,

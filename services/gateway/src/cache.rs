@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tailor_core::models::{self, ModelVersion};
-use tailor_core::{OrgId, storage::Store};
+use tailor_core::{OrgId, metrics, storage::Store};
 use tailor_modules::package::{PackageError, SharedBase, TunedModel};
 use tailor_modules::peft::AdapterError;
 use uuid::Uuid;
@@ -115,12 +115,17 @@ impl ModelCache {
     ) -> Result<Arc<LoadedVersion>, ApiError> {
         let key = (org, version.id);
         if let Some(hit) = self.lookup(&key) {
+            metrics::CACHE_HITS.inc();
             return Ok(hit);
         }
         let _loading = self.loading.lock().await;
         if let Some(hit) = self.lookup(&key) {
+            // Loaded by the request this one waited for.
+            metrics::CACHE_HITS.inc();
             return Ok(hit);
         }
+        metrics::CACHE_MISSES.inc();
+        let timer = metrics::Timer::start();
         let files = models::read_verified(store, version, |_| true)
             .await
             .map_err(|e| match e {
@@ -140,6 +145,10 @@ impl ModelCache {
             self.bases.lock().expect("cache lock").push(base);
         }
         let loaded = Arc::new(loaded);
+        timer.stop(
+            &metrics::ADAPTER_LOADS,
+            &[if loaded.shared { "shared" } else { "alone" }],
+        );
         tracing::info!(
             bytes = loaded.bytes,
             shared = loaded.shared,

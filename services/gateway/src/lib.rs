@@ -24,7 +24,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use tailor_core::api_keys::{Action, KeyGrant};
 use tailor_core::models::ModelVersion;
-use tailor_core::{Settings, db, health, storage};
+use tailor_core::{Settings, db, health, metrics, storage};
 use tailor_modules::train::InputValue;
 use uuid::Uuid;
 
@@ -69,14 +69,31 @@ impl Application {
         let port = listener.local_addr()?.port();
         let g = &settings.gateway;
         let (meter, meter_stop) = Meter::start(pool.clone());
+        let cache = Arc::new(ModelCache::new(
+            settings.jobs.assets_dir.clone(),
+            g.cache_bytes,
+        ));
+        let scrape = {
+            let cache = cache.clone();
+            metrics::Scrape::new().with_hook(move || {
+                let stats = cache.stats();
+                for (figure, value) in [
+                    ("versions", stats.versions as u64),
+                    ("used_bytes", stats.used_bytes),
+                    ("budget_bytes", stats.budget_bytes),
+                    ("shared_bases", stats.shared_bases as u64),
+                ] {
+                    metrics::CACHE_BYTES
+                        .with_label_values(&[figure])
+                        .set(value as i64);
+                }
+            })
+        };
         let state = web::Data::new(GatewayState {
             grants: Grants::new(Duration::from_secs(g.key_cache_seconds)),
             limiter: RateLimiter::default(),
             meter,
-            cache: Arc::new(ModelCache::new(
-                settings.jobs.assets_dir.clone(),
-                g.cache_bytes,
-            )),
+            cache,
             batcher: Batcher::start(
                 g.queue_capacity,
                 g.batch_max_items,
@@ -108,7 +125,12 @@ impl Application {
                 .service(openapi)
                 .service(predict_route)
                 .service(embed_route)
+                .configure(metrics::configure(scrape.clone()))
                 .default_service(web::to(not_found))
+                // Outermost: every answer is counted and logged with its request id.
+                .wrap(actix_web::middleware::from_fn(
+                    metrics::RequestTracing::service("gateway"),
+                ))
         })
         .listen(listener)?
         .run();
@@ -179,7 +201,7 @@ struct Outcome {
 }
 
 #[post("/v1/models/{model}/predict")]
-#[tracing::instrument(skip(state, req, payload), fields(key_id, model = %model))]
+#[tracing::instrument(skip(state, req, payload), fields(key_id, org_id, model = %model))]
 async fn predict_route(
     state: web::Data<GatewayState>,
     req: HttpRequest,
@@ -190,7 +212,7 @@ async fn predict_route(
 }
 
 #[post("/v1/models/{model}/embed")]
-#[tracing::instrument(skip(state, req, payload), fields(key_id, model = %model))]
+#[tracing::instrument(skip(state, req, payload), fields(key_id, org_id, model = %model))]
 async fn embed_route(
     state: web::Data<GatewayState>,
     req: HttpRequest,
@@ -214,6 +236,7 @@ async fn serve(
         Err(e) => return e.error_response(),
     };
     tracing::Span::current().record("key_id", tracing::field::display(grant.key_id));
+    tracing::Span::current().record("org_id", tracing::field::display(grant.org));
     let mut outcome = Outcome::default();
     let answer = match action {
         Action::Embed => embed_call(state, &grant, model, payload, &mut outcome).await,

@@ -5,7 +5,7 @@ use std::{net::TcpListener, sync::Arc};
 use actix_web::{App, HttpServer, dev::Server, web};
 use anyhow::Context;
 use sqlx::PgPool;
-use tailor_core::{Settings, auth::JwtKeys, db, outbox, storage};
+use tailor_core::{Settings, auth::JwtKeys, db, metrics, outbox, storage};
 
 use crate::{i18n::Templates, routes, state::AppState};
 
@@ -36,6 +36,9 @@ impl Application {
             .jobs
             .relay_enabled
             .then(|| (pool.clone(), settings.clone()));
+        let scrape = metrics::Scrape::new()
+            .with_jobs(pool.clone())
+            .with_queue(&settings.rabbitmq);
         let state = web::Data::new(AppState {
             jwt: JwtKeys::new(&settings.auth),
             templates: Templates::load().context("loading templates")?,
@@ -47,10 +50,6 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(crate::security::guard))
-                .wrap(
-                    actix_web::middleware::Logger::new("%r %s %Dms")
-                        .log_target("tailor_portal::http"),
-                )
                 .app_data(state.clone())
                 .app_data(
                     web::JsonConfig::default()
@@ -63,6 +62,11 @@ impl Application {
                         .error_handler(|_, _| tailor_core::Error::NotFound.into()),
                 )
                 .configure(routes::configure)
+                .configure(metrics::configure(scrape.clone()))
+                // Outermost: every answer is counted and logged with its request id.
+                .wrap(actix_web::middleware::from_fn(
+                    metrics::RequestTracing::service("portal"),
+                ))
         })
         .listen(listener)?
         .run();
