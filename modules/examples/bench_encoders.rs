@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use tailor_modules::audio::{Ge2eEncoder, Ge2eOptions};
 use tailor_modules::encoder::Encoder;
 use tailor_modules::image::{ImageEncoder, ImageEncoderOptions};
 use tailor_modules::lora::LoraConfig;
@@ -58,6 +59,36 @@ fn image_steps(encoder: &ImageEncoder, pixels: &Tensor, steps: usize) -> anyhow:
     Ok((steps * pixels.dim(0)?) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Clips per second of GE2E LoRA training steps on `rows` (one 1.6 s partial each).
+fn audio_steps(encoder: &Ge2eEncoder, rows: usize, steps: usize) -> anyhow::Result<f64> {
+    let wav: Vec<f32> = (0..24_000)
+        .map(|i| 0.2 * (i as f32 * 0.07).sin() + 0.05 * (i as f32 * 0.31).sin())
+        .collect();
+    let partials = encoder.wav_partials(&wav)?;
+    let batch = encoder.batch(&vec![Some(partials); rows])?;
+    let vars = encoder.adapter_vars();
+    let step = || -> anyhow::Result<()> {
+        let loss = encoder
+            .encode_batch(&batch, true)?
+            .pooled
+            .sqr()?
+            .mean_all()?;
+        let grads = loss.backward()?;
+        for (_, var) in &vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                var.set(&(var.as_tensor() - (g * 1e-3)?)?)?;
+            }
+        }
+        Ok(())
+    };
+    step()?;
+    let started = Instant::now();
+    for _ in 0..steps {
+        step()?;
+    }
+    Ok((steps * rows) as f64 / started.elapsed().as_secs_f64())
+}
+
 fn main() -> anyhow::Result<()> {
     let steps: usize = std::env::args()
         .nth(1)
@@ -84,6 +115,28 @@ fn main() -> anyhow::Result<()> {
         let rate = image_steps(&encoder, &pixels, steps)?;
         println!(
             "| image/efficientnet-lite0 (LoRA r8 on project+head) | {size}×{size} | {batch} | {rate:.1} | {:.0} |",
+            peak_rss_mib()
+        );
+    }
+    for (label, targets) in [
+        ("last layer + linear", vec!["ih_l2", "hh_l2", "linear"]),
+        ("all layers", vec!["ih", "hh", "linear"]),
+    ] {
+        let encoder = Ge2eEncoder::load(
+            assets().join("ge2e"),
+            &Ge2eOptions {
+                lora: Some(LoraConfig {
+                    rank: 4,
+                    alpha: 8.0,
+                    dropout: 0.0,
+                    targets: targets.into_iter().map(String::from).collect(),
+                }),
+                ..Default::default()
+            },
+        )?;
+        let rate = audio_steps(&encoder, batch, steps)?;
+        println!(
+            "| audio/ge2e (LoRA r4 on {label}) | 1.6 s clip, 160×40 mel | {batch} | {rate:.1} | {:.0} |",
             peak_rss_mib()
         );
     }
