@@ -18,7 +18,7 @@ const PORTAL: &[(&str, &str)] = &[
     ("content-security-policy", "object-src 'none'"),
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
+    ("referrer-policy", "same-origin"),
 ];
 
 fn assert_portal_headers(what: &str, response: &Response) {

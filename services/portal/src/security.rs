@@ -39,7 +39,10 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("content-security-policy", CONTENT_SECURITY_POLICY),
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
+    // Not `no-referrer`: with it, browsers send `Origin: null` on form posts, which the
+    // cross-site check must refuse. `same-origin` still keeps invitation tokens in URLs
+    // from leaking to other sites.
+    ("referrer-policy", "same-origin"),
     ("cross-origin-opener-policy", "same-origin"),
     (
         "permissions-policy",
