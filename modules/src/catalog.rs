@@ -488,12 +488,7 @@ pub fn load_encoder(
                     _ => Pooling::Mean,
                 },
                 max_tokens: input.int_param("max_tokens").unwrap_or(256).max(1) as usize,
-                lora: lora.map(|l| crate::lora::LoraConfig {
-                    rank: l.rank,
-                    alpha: l.alpha,
-                    dropout: l.dropout as f32,
-                    targets: l.targets.clone(),
-                }),
+                lora: lora.map(crate::lora::LoraConfig::from),
                 seed,
                 base_name: None,
             };

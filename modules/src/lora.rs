@@ -23,6 +23,18 @@ pub struct LoraConfig {
     pub targets: Vec<String>,
 }
 
+/// The adapter a blueprint's `adaptation` asks for, as every encoder's LoRA layers take it.
+impl From<&crate::blueprint::LoraSettings> for LoraConfig {
+    fn from(l: &crate::blueprint::LoraSettings) -> Self {
+        Self {
+            rank: l.rank,
+            alpha: l.alpha,
+            dropout: l.dropout as f32,
+            targets: l.targets.clone(),
+        }
+    }
+}
+
 impl LoraConfig {
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64

@@ -434,12 +434,7 @@ pub fn encoder_for_input(
     let options = Ge2eOptions {
         rate: number("rate", defaults.rate),
         max_seconds: number("max_seconds", defaults.max_seconds),
-        lora: lora.map(|l| LoraConfig {
-            rank: l.rank,
-            alpha: l.alpha,
-            dropout: l.dropout as f32,
-            targets: l.targets.clone(),
-        }),
+        lora: lora.map(LoraConfig::from),
         seed,
         ..defaults
     };

@@ -345,12 +345,7 @@ pub fn encoder_for_input(
 ) -> anyhow::Result<ImageEncoder> {
     let options = ImageEncoderOptions {
         image_size: input.int_param("image_size").unwrap_or(224).max(0) as usize,
-        lora: lora.map(|l| LoraConfig {
-            rank: l.rank,
-            alpha: l.alpha,
-            dropout: l.dropout as f32,
-            targets: l.targets.clone(),
-        }),
+        lora: lora.map(LoraConfig::from),
         seed,
         ..Default::default()
     };

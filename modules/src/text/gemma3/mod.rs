@@ -579,12 +579,7 @@ pub fn encoder_for_input(
 ) -> anyhow::Result<GemmaEncoder> {
     let options = GemmaEncoderOptions {
         max_tokens: input.int_param("max_tokens").unwrap_or(64).max(2) as usize,
-        lora: lora.map(|l| LoraConfig {
-            rank: l.rank,
-            alpha: l.alpha,
-            dropout: l.dropout as f32,
-            targets: l.targets.clone(),
-        }),
+        lora: lora.map(LoraConfig::from),
         adapted_layers: Some(input.int_param("adapted_layers").unwrap_or(2).max(1) as usize),
         seed,
         ..Default::default()
